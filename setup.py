@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="xlstm_hf",
+    version="0.1.0",
+    description="xLSTM 7B as a first-class Hugging Face Transformers model: exact PyTorch reference, Triton kernels",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["xlstm_hf", "xlstm_hf.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.4,<6",
+        "safetensors",
+        "huggingface_hub",
+        "tqdm",
+    ],
+    extras_require={
+        "triton": ["triton>=3.6"],
+        "peft": ["peft>=0.17"],
+        "eval": ["lm_eval>=0.4.8"],
+        "dev": ["pytest>=8", "accelerate>=1.0"],
+    },
+)

@@ -1,0 +1,141 @@
+"""The forward API users expect from a transformers causal LM."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from helpers import TINY, random_ids, tiny_config, tiny_model
+from xlstm_hf import XLSTMCache, XLSTMForCausalLM
+
+V = TINY["vocab_size"]
+
+
+def test_labels_give_the_shifted_cross_entropy_ignoring_minus_100():
+    model = tiny_model()
+    ids = random_ids(2, 12)
+    labels = ids.clone()
+    labels[0, :5] = -100
+    out = model(ids, labels=labels)
+    expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert torch.allclose(out.loss, expected, atol=1e-6)
+
+
+def test_inputs_embeds_equal_the_ids_path():
+    model = tiny_model()
+    ids = random_ids(2, 9)
+    embeds = model.get_input_embeddings()(ids)
+    assert torch.equal(model(ids).logits, model(inputs_embeds=embeds).logits)
+
+
+def test_output_hidden_states():
+    model = tiny_model()
+    ids = random_ids(2, 9)
+    out = model.backbone(ids, output_hidden_states=True)
+    hs = out.hidden_states
+    assert len(hs) == TINY["num_hidden_layers"] + 1
+    assert torch.equal(hs[0], model.get_input_embeddings()(ids))
+    assert torch.equal(hs[-1], out.last_hidden_state)
+    assert model(ids).hidden_states is None
+
+
+def test_return_dict_false_gives_a_tuple():
+    model = tiny_model()
+    ids = random_ids(1, 5)
+    out = model(ids, labels=ids, return_dict=False)
+    assert isinstance(out, tuple)
+    ref = model(ids, labels=ids)
+    assert torch.equal(out[0], ref.loss) and torch.equal(out[1], ref.logits)
+
+
+@pytest.mark.parametrize("keep", [1, 3])
+def test_logits_to_keep(keep):
+    model = tiny_model()
+    ids = random_ids(2, 10)
+    full = model(ids).logits
+    part = model(ids, logits_to_keep=keep).logits
+    assert part.shape == (2, keep, V)
+    assert torch.allclose(part, full[:, -keep:], atol=1e-6)
+    indices = torch.tensor([0, 4])
+    assert torch.allclose(model(ids, logits_to_keep=indices).logits, full[:, indices], atol=1e-6)
+
+
+def grads_of(model, ids):
+    model.zero_grad()
+    model(ids, labels=ids).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = tiny_model().train()
+    ids = random_ids(2, 20)
+    plain = grads_of(model, ids)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert all(block.gradient_checkpointing for block in model.backbone.blocks)
+    checkpointed = grads_of(model, ids)
+    assert plain.keys() == checkpointed.keys() and len(plain) == len(list(model.parameters()))
+    for name in plain:
+        assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name
+
+
+def test_training_with_the_default_use_cache():
+    # transformers' own model fails here (backward through its in-place cache).
+    model = tiny_model().train()
+    assert model.config.use_cache
+    ids = random_ids(2, 20)
+    out = model(ids, labels=ids)
+    assert isinstance(out.cache, XLSTMCache)
+    out.loss.backward()
+    # Continue training from the returned state: the cache is updated in place again, backward still works.
+    out2 = model(random_ids(2, 7, seed=1), labels=random_ids(2, 7, seed=1), cache=out.cache)
+    out2.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 0.3), (torch.float16, 0.05)])
+def test_half_precision(dtype, tol):
+    model = tiny_model()
+    ids = random_ids(2, 30)
+    ref = model(ids).logits
+    low = tiny_model().to(dtype)
+    out = low(ids).logits
+    assert out.dtype == torch.float32  # logits are always float32
+    assert torch.isfinite(out).all()
+    assert (out - ref).abs().max() < tol
+
+
+def test_prefill_then_continue_equals_full_forward():
+    model = tiny_model()
+    ids = random_ids(2, 25)
+    full = model(ids).logits
+    out = model(ids[:, :17], use_cache=True)
+    assert out.cache.get_seq_length() == 17
+    rest = model(ids[:, 17:24], cache=out.cache)
+    step = model(ids[:, 24:], cache=rest.cache)
+    assert torch.allclose(torch.cat([out.logits, rest.logits, step.logits], 1), full, atol=1e-5)
+    assert step.cache is out.cache and out.cache.get_seq_length() == 25
+
+
+def test_left_padded_batch_matches_each_row_alone():
+    model = tiny_model()
+    rows = [random_ids(1, 13, seed=1), random_ids(1, 6, seed=2)]
+    batch = torch.full((2, 13), 1)
+    mask = torch.zeros(2, 13, dtype=torch.long)
+    for r, row in enumerate(rows):
+        batch[r, -row.shape[1]:], mask[r, -row.shape[1]:] = row, 1
+    padded = model(batch, attention_mask=mask).logits
+    for r, row in enumerate(rows):
+        alone = model(row).logits
+        assert (padded[r, -row.shape[1]:] - alone[0]).abs().max() < 1e-5
+
+
+def test_meta_device_and_device_map(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    with torch.device("meta"):
+        empty = XLSTMForCausalLM(tiny_config())
+    assert all(p.device.type == "meta" for p in empty.parameters())
+    mapped = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="auto")
+    assert {p.device.type for p in mapped.parameters()} == {"cpu"}
+    ids = random_ids(2, 9)
+    assert torch.equal(mapped(ids).logits, model(ids).logits)

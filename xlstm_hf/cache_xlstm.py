@@ -1,0 +1,129 @@
+"""The recurrent state of xLSTM as a transformers `Cache`: per layer (C, n, m), preallocated and updated in place."""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache
+
+from .configuration_xlstm import XLSTMConfig
+from .kernels import MLSTMState
+
+
+class XLSTMCacheLayer:
+    """The mLSTM state of one layer: C (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH), in static tensors.
+
+    The tensors keep their storage for the cache's whole life (updates are `copy_`), so a captured CUDA graph
+    or a compiled decode step sees them at fixed addresses.
+    """
+
+    is_compileable = True
+    is_croppable = False
+    is_sliding = False
+    supports_early_init = False
+
+    def __init__(self, batch_size: int, num_heads: int, qk_head_dim: int, v_head_dim: int, device, dtype):
+        self.C = torch.zeros(batch_size, num_heads, qk_head_dim, v_head_dim, device=device, dtype=dtype)
+        self.n = torch.zeros(batch_size, num_heads, qk_head_dim, device=device, dtype=dtype)
+        self.m = torch.zeros(batch_size, num_heads, device=device, dtype=dtype)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(C={tuple(self.C.shape)}, dtype={self.C.dtype})"
+
+    @property
+    def state(self) -> MLSTMState:
+        return self.C, self.n, self.m
+
+    @property
+    def batch_size(self) -> int:
+        return self.C.shape[0]
+
+    def update(self, state: MLSTMState) -> None:
+        # Detached: the cache carries values between calls, never a graph (a later in-place update would break it).
+        for buffer, new in zip(self.state, state):
+            buffer.copy_(new.detach())
+
+    def reset(self) -> None:
+        for buffer in self.state:
+            buffer.zero_()
+
+    def _replace(self, fn) -> None:
+        self.C, self.n, self.m = (fn(t) for t in self.state)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        for buffer in self.state:
+            buffer.copy_(buffer.index_select(0, beam_idx.to(buffer.device)))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._replace(lambda t: t[indices].contiguous())
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._replace(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("A recurrent state cannot be cropped: it holds no per-token history.")
+
+    def get_seq_length(self) -> int:
+        return 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def to(self, device=None, dtype=None) -> None:
+        self._replace(lambda t: t.to(device=device, dtype=dtype))
+
+
+class XLSTMCache(Cache):
+    """Recurrent state of every mLSTM layer of an [`XLSTMModel`], plus the number of tokens it has absorbed.
+
+    Args:
+        config: The model's configuration (gives layer count, heads and head dims).
+        batch_size: Number of sequences.
+        device: Where the state lives.
+        dtype: State dtype, float32 by default (config `inference_state_dtype`); bfloat16 halves its memory.
+    """
+
+    def __init__(
+        self,
+        config: XLSTMConfig,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        if dtype is None:
+            dtype = getattr(torch, config.inference_state_dtype)
+        layers = [
+            XLSTMCacheLayer(batch_size, config.num_heads, config.qk_head_dim, config.v_head_dim, device, dtype)
+            for _ in range(config.num_hidden_layers)
+        ]
+        super().__init__(layers=layers)
+        self.seen_tokens = 0
+
+    def __repr__(self) -> str:
+        layer = self.layers[0]
+        return (
+            f"{self.__class__.__name__}(layers={len(self.layers)}, batch_size={layer.batch_size}, "
+            f"C={tuple(layer.C.shape[1:])}, dtype={layer.C.dtype}, seen_tokens={self.seen_tokens})"
+        )
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Number of tokens absorbed into the state so far."""
+        return self.seen_tokens
+
+    def reset(self) -> None:
+        super().reset()
+        self.seen_tokens = 0
+
+    def check_compatible(self, config: XLSTMConfig, batch_size: int) -> None:
+        """Raise a `ValueError` naming the mismatch if this cache cannot continue a model with `config`."""
+        if len(self.layers) != config.num_hidden_layers:
+            raise ValueError(
+                f"cache has {len(self.layers)} layers but the model has num_hidden_layers={config.num_hidden_layers}"
+            )
+        if self.batch_size != batch_size:
+            raise ValueError(f"cache has batch size {self.batch_size} but the input has batch size {batch_size}")
+        expected = (config.num_heads, config.qk_head_dim, config.v_head_dim)
+        if tuple(self.layers[0].C.shape[1:]) != expected:
+            raise ValueError(
+                f"cache state C has (heads, qk_head_dim, v_head_dim) = {tuple(self.layers[0].C.shape[1:])}, "
+                f"the model needs {expected}"
+            )

@@ -1,0 +1,365 @@
+"""xLSTM 7B (arXiv 2503.13427) for transformers: the same module tree and state-dict keys as transformers' own
+`xLSTMForCausalLM`, on the mLSTM kernels of `xlstm_hf.kernels`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.generation import GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import PreTrainedModel
+from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
+
+from .cache_xlstm import XLSTMCache
+from .configuration_xlstm import XLSTMConfig
+from .kernels import MLSTMState, mlstm
+
+
+def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """`cap * tanh(x / cap)`: bounds x to (-cap, cap) while staying linear near zero."""
+    return cap * torch.tanh(x / cap)
+
+
+class XLSTMRMSNorm(nn.Module):
+    """RMSNorm over the last dimension; statistics in float32 when `force_float32` (the default)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, use_bias: bool = False, force_float32: bool = True):
+        super().__init__()
+        self.eps, self.force_float32 = eps, force_float32
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if use_bias else None
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.float() if self.force_float32 else x
+        return (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(x) * self.weight
+        return x if self.bias is None else x + self.bias
+
+
+class XLSTMMultiHeadLayerNorm(XLSTMRMSNorm):
+    """Mean-centred layer norm over each head's value dims; input (B, S, NH, DV), output (B, S, NH * DV)."""
+
+    def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-6, use_bias: bool = False,
+                 force_float32: bool = True):
+        super().__init__(num_heads * head_dim, eps, use_bias, force_float32)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.float() if self.force_float32 else x
+        y = (y - y.mean(-1, keepdim=True)) * torch.rsqrt(y.var(-1, keepdim=True, unbiased=False) + self.eps)
+        return y.to(x.dtype).flatten(-2)
+
+
+class XLSTMFeedForward(nn.Module):
+    """Gated FFN: `proj_down(silu(proj_up_gate(x)) * proj_up(x))` (fused: one `proj_up_gate_z`)."""
+
+    def __init__(self, config: XLSTMConfig):
+        super().__init__()
+        self.weight_mode, self.ffn_dim = config.weight_mode, config.ffn_dim
+        bias = config.use_bias
+        if self.weight_mode == "single":
+            self.proj_up_gate = nn.Linear(config.hidden_size, config.ffn_dim, bias=bias)
+            self.proj_up = nn.Linear(config.hidden_size, config.ffn_dim, bias=bias)
+        else:
+            self.proj_up_gate_z = nn.Linear(config.hidden_size, 2 * config.ffn_dim, bias=bias)
+        self.proj_down = nn.Linear(config.ffn_dim, config.hidden_size, bias=bias)
+        self.proj_down.init_role = "residual_out"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_mode == "single":
+            gate, z = self.proj_up_gate(x), self.proj_up(x)
+        else:
+            gate, z = self.proj_up_gate_z(x).split(self.ffn_dim, dim=-1)
+        return self.proj_down(F.silu(gate) * z)
+
+
+class XLSTMLayer(nn.Module):
+    """The mLSTM layer: projections, soft-capped gates, the mLSTM cell, head norm, output gate and projection."""
+
+    def __init__(self, config: XLSTMConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads, self.qk_dim, self.v_dim = config.num_heads, config.qk_dim, config.v_dim
+        hidden, bias = config.hidden_size, config.use_bias
+        if config.weight_mode == "single":
+            self.q = nn.Linear(hidden, self.qk_dim, bias=bias)
+            self.k = nn.Linear(hidden, self.qk_dim, bias=bias)
+            self.v = nn.Linear(hidden, self.v_dim, bias=bias)
+            self.ogate_preact = nn.Linear(hidden, self.v_dim, bias=bias)
+            self.igate_preact = nn.Linear(hidden, self.num_heads, bias=True)
+            self.fgate_preact = nn.Linear(hidden, self.num_heads, bias=True)
+            self.igate_preact.init_role, self.fgate_preact.init_role = "igate", "fgate"
+        else:
+            self.qkv_opreact = nn.Linear(hidden, 2 * self.qk_dim + 2 * self.v_dim, bias=bias)
+            self.ifgate_preact = nn.Linear(hidden, 2 * self.num_heads, bias=True)
+            self.ifgate_preact.init_role = "ifgate"
+        self.multihead_norm = XLSTMMultiHeadLayerNorm(
+            self.num_heads, config.v_head_dim, config.norm_eps, bias, config.norm_reduction_force_float32
+        )
+        self.out_proj = nn.Linear(self.v_dim, hidden, bias=bias)
+        self.out_proj.init_role = "residual_out"
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q, k, v, output-gate and (i, f) gate pre-activations, each (B, S, ...)."""
+        if self.config.weight_mode == "single":
+            q, k, v, o = self.q(x), self.k(x), self.v(x), self.ogate_preact(x)
+            i, f = self.igate_preact(x), self.fgate_preact(x)
+        else:
+            q, k, v, o = self.qkv_opreact(x).split([self.qk_dim, self.qk_dim, self.v_dim, self.v_dim], dim=-1)
+            i, f = self.ifgate_preact(x).split(self.num_heads, dim=-1)
+        cap = self.config.gate_soft_cap
+        return q, k, v, o, soft_cap(i, cap), soft_cap(f, cap)
+
+    def forward(
+        self, x: torch.Tensor, state: MLSTMState | None = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, MLSTMState]:
+        B, S, _ = x.shape
+        q, k, v, o, i, f = self.project(x)
+        if mask is not None:
+            # A padded position must leave the state untouched: input gate exp(-inf) = 0, forget gate exactly 1.
+            pad = ~mask[:, :, None]
+            i = i.masked_fill(pad, float("-inf"))
+            f = f.masked_fill(pad, float("inf"))
+        heads = lambda t: t.view(B, S, self.num_heads, -1).transpose(1, 2)  # noqa: E731
+        h, state = mlstm(
+            heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2), state,
+            chunk_size=self.config.chunk_size, eps=self.config.eps,
+        )
+        h = self.multihead_norm(h.transpose(1, 2))
+        return self.out_proj(torch.sigmoid(o) * h), state
+
+
+class XLSTMBlock(GradientCheckpointingLayer):
+    """Pre-norm residual block: mLSTM layer, then the gated FFN."""
+
+    def __init__(self, config: XLSTMConfig):
+        super().__init__()
+        norm = lambda: XLSTMRMSNorm(  # noqa: E731
+            config.hidden_size, config.norm_eps, config.use_bias, config.norm_reduction_force_float32
+        )
+        self.norm_mlstm = norm()
+        self.mlstm_layer = XLSTMLayer(config)
+        self.norm_ffn = norm()
+        self.ffn = XLSTMFeedForward(config)
+
+    def forward(
+        self, x: torch.Tensor, state: MLSTMState | None = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, MLSTMState]:
+        y, state = self.mlstm_layer(self.norm_mlstm(x), state, mask)
+        x = x + y
+        x = x + self.ffn(self.norm_ffn(x))
+        return x, state
+
+
+class XLSTMPreTrainedModel(PreTrainedModel):
+    """Weight initialisation (the paper's) and the transformers plumbing shared by the xLSTM models."""
+
+    config_class = XLSTMConfig
+    config: XLSTMConfig
+    base_model_prefix = "backbone"
+    _no_split_modules = ["XLSTMBlock"]
+    supports_gradient_checkpointing = True
+    _is_stateful = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        config = self.config
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            role = getattr(module, "init_role", None)
+            if role in ("igate", "fgate", "ifgate"):
+                # Paper: gate weights 0, input-gate bias -10, forget-gate bias linspace(3, 6) over the heads.
+                nh, device = config.num_heads, module.bias.device
+                igate_bias = torch.full((nh,), -10.0, device=device)
+                fgate_bias = torch.linspace(3.0, 6.0, nh, device=device)
+                bias = {"igate": igate_bias, "fgate": fgate_bias, "ifgate": torch.cat([igate_bias, fgate_bias])}[role]
+                init.zeros_(module.weight)
+                init.copy_(module.bias, bias)
+                return
+            if role == "residual_out":  # "Wang init" of the projections that write into the residual stream
+                std = 2 / config.num_hidden_layers / module.weight.shape[1] ** 0.5
+            else:  # "small init" (Nguyen & Salazar, 2019)
+                std = (2 / (5 * config.hidden_size)) ** 0.5
+            init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, XLSTMRMSNorm):  # the head norm too
+            init.ones_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+
+class XLSTMModel(XLSTMPreTrainedModel):
+    """The xLSTM backbone: embeddings, mLSTM blocks and the output norm. Returns the final hidden states."""
+
+    def __init__(self, config: XLSTMConfig):
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.blocks = nn.ModuleList([XLSTMBlock(config) for _ in range(config.num_hidden_layers)])
+        self.out_norm = (
+            XLSTMRMSNorm(config.hidden_size, config.norm_eps, config.use_bias, config.norm_reduction_force_float32)
+            if config.add_out_norm
+            else nn.Identity()
+        )
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings = value
+
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask) -> None:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        if tokens.dim() != (2 if input_ids is not None else 3) or tokens.shape[1] == 0:
+            name = "input_ids" if input_ids is not None else "inputs_embeds"
+            raise ValueError(f"{name} must be a non-empty batch of sequences, got shape {tuple(tokens.shape)}")
+        if input_ids is not None and input_ids.numel():
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                raise ValueError(
+                    f"input_ids holds token id {low if low < 0 else high}, outside the vocabulary "
+                    f"[0, {self.config.vocab_size})"
+                )
+        if inputs_embeds is not None and inputs_embeds.shape[-1] != self.config.hidden_size:
+            raise ValueError(
+                f"inputs_embeds has width {inputs_embeds.shape[-1]}, the model's hidden_size is {self.config.hidden_size}"
+            )
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(tokens.shape[:2]):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, the input has {tuple(tokens.shape[:2])}"
+            )
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache: XLSTMCache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """
+        Args:
+            input_ids: (B, S) token ids; or `inputs_embeds` (B, S, hidden_size), not both.
+            attention_mask: (B, S), 1 for real tokens, 0 for padding; a padded position leaves the state untouched.
+            cache: An [`XLSTMCache`] to continue from; it is updated in place and returned.
+            use_cache: Return the state (a new cache if none was passed). Defaults to `config.use_cache`.
+            output_hidden_states: Also return the hidden states (embeddings, then every block's output; the last one
+                after the output norm).
+        """
+        self._check_inputs(input_ids, inputs_embeds, attention_mask)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        x = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        batch_size = x.shape[0]
+        if cache is not None:
+            if not isinstance(cache, XLSTMCache):
+                raise TypeError(f"cache must be an XLSTMCache, got {type(cache).__name__}")
+            cache.check_compatible(self.config, batch_size)
+        elif use_cache:
+            cache = XLSTMCache(self.config, batch_size, device=x.device)
+        mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
+
+        hidden_states = []
+        for index, block in enumerate(self.blocks):
+            if output_hidden_states:
+                hidden_states.append(x)
+            state = None
+            if cache is not None and cache.seen_tokens:
+                # A copy, so the in-place cache update cannot touch tensors autograd saved for backward.
+                state = tuple(t.clone() for t in cache.layers[index].state) if torch.is_grad_enabled() else \
+                    cache.layers[index].state
+            x, state = block(x, state, mask)
+            if cache is not None:
+                cache.layers[index].update(state)
+        x = self.out_norm(x)
+        if output_hidden_states:
+            hidden_states.append(x)
+        if cache is not None:
+            cache.seen_tokens += x.shape[1]
+        return BaseModelOutputWithPast(
+            last_hidden_state=x,
+            cache=cache if use_cache else None,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+        )
+
+
+class XLSTMForCausalLM(XLSTMPreTrainedModel, GenerationMixin):
+    """xLSTM with a language-modelling head (soft-capped logits)."""
+
+    _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
+
+    def __init__(self, config: XLSTMConfig):
+        super().__init__(config)
+        self.backbone = XLSTMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.backbone.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache: XLSTMCache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """
+        Args:
+            labels: (B, S) targets; the loss is the shifted cross-entropy, ignoring -100.
+            logits_to_keep: Compute the head only for the last N positions (0 = all), or for the given indices.
+            See [`XLSTMModel.forward`] for the others.
+        """
+        outputs = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            cache=cache,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        x = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            x = x[:, -logits_to_keep:] if logits_to_keep else x
+        else:
+            x = x[:, logits_to_keep]
+        logits = soft_cap(self.lm_head(x.to(self.lm_head.weight.dtype)).float(), self.config.output_logit_soft_cap)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+        )
+
+
+__all__ = ["XLSTMForCausalLM", "XLSTMModel", "XLSTMPreTrainedModel"]
