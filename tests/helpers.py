@@ -34,3 +34,30 @@ def tiny_model(seed: int = 0, **overrides) -> XLSTMForCausalLM:
 def random_ids(batch: int, length: int, vocab: int = TINY["vocab_size"], seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
+
+
+def make_tokenizer():
+    """A word-level tokenizer over a small vocabulary (fits the tiny models), with special tokens and a chat
+    template; built offline with `tokenizers`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<bos>", "<pad>", "<eos>", "<unk>", "<user>", "<assistant>"]
+    words = ("the a of to and in is it you that he was for on are with as his they be at one have this from or had "
+             "by word but what some we can out other were all there when up use your how said an each she which do "
+             "their time if will way about many then them write would like so these her long make thing see him "
+             "two").split()
+    words += [f"w{index}" for index in range(TINY["vocab_size"] - len(specials) - len(words))]
+    vocab = {token: index for index, token in enumerate(specials + words)}
+    assert len(vocab) == TINY["vocab_size"]
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<bos>", pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ '<user> ' if m['role'] == 'user' else '<assistant> ' }}{{ m['content'] }} "
+        "{% endfor %}{% if add_generation_prompt %}<assistant> {% endif %}"
+    )
+    return tokenizer

@@ -78,7 +78,7 @@ class XLSTMCache(Cache):
     Args:
         config: The model's configuration (gives layer count, heads and head dims).
         batch_size: Number of sequences.
-        device: Where the state lives.
+        device: Where the state lives: one device, or one per layer (a model split with `device_map`).
         dtype: State dtype, float32 by default (config `inference_state_dtype`); bfloat16 halves its memory.
     """
 
@@ -86,14 +86,17 @@ class XLSTMCache(Cache):
         self,
         config: XLSTMConfig,
         batch_size: int,
-        device: torch.device | str | None = None,
+        device: torch.device | str | list[torch.device | str] | None = None,
         dtype: torch.dtype | None = None,
     ):
         if dtype is None:
             dtype = getattr(torch, config.inference_state_dtype)
+        devices = device if isinstance(device, (list, tuple)) else [device] * config.num_hidden_layers
+        if len(devices) != config.num_hidden_layers:
+            raise ValueError(f"device lists {len(devices)} devices for {config.num_hidden_layers} layers")
         layers = [
-            XLSTMCacheLayer(batch_size, config.num_heads, config.qk_head_dim, config.v_head_dim, device, dtype)
-            for _ in range(config.num_hidden_layers)
+            XLSTMCacheLayer(batch_size, config.num_heads, config.qk_head_dim, config.v_head_dim, layer_device, dtype)
+            for layer_device in devices
         ]
         super().__init__(layers=layers)
         self.seen_tokens = 0
@@ -112,6 +115,12 @@ class XLSTMCache(Cache):
     def reset(self) -> None:
         super().reset()
         self.seen_tokens = 0
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "XLSTMCache":
+        """Move (or cast) every layer's state; returns the cache."""
+        for layer in self.layers:
+            layer.to(device=device, dtype=dtype)
+        return self
 
     def check_compatible(self, config: XLSTMConfig, batch_size: int) -> None:
         """Raise a `ValueError` naming the mismatch if this cache cannot continue a model with `config`."""

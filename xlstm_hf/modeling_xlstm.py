@@ -222,7 +222,7 @@ class XLSTMModel(XLSTMPreTrainedModel):
         if tokens.dim() != (2 if input_ids is not None else 3) or tokens.shape[1] == 0:
             name = "input_ids" if input_ids is not None else "inputs_embeds"
             raise ValueError(f"{name} must be a non-empty batch of sequences, got shape {tuple(tokens.shape)}")
-        if input_ids is not None and input_ids.numel():
+        if input_ids is not None:
             low, high = int(input_ids.min()), int(input_ids.max())
             if low < 0 or high >= self.config.vocab_size:
                 raise ValueError(
@@ -233,10 +233,19 @@ class XLSTMModel(XLSTMPreTrainedModel):
             raise ValueError(
                 f"inputs_embeds has width {inputs_embeds.shape[-1]}, the model's hidden_size is {self.config.hidden_size}"
             )
-        if attention_mask is not None and tuple(attention_mask.shape) != tuple(tokens.shape[:2]):
+        if attention_mask is not None and (
+            attention_mask.dim() != 2 or attention_mask.shape[0] != tokens.shape[0]
+            or attention_mask.shape[1] < tokens.shape[1]
+        ):
             raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}, the input has {tuple(tokens.shape[:2])}"
+                f"attention_mask has shape {tuple(attention_mask.shape)}; the input needs (batch, length >= sequence) "
+                f"= {tuple(tokens.shape[:2])}"
             )
+
+    def new_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> XLSTMCache:
+        """An empty state for `batch_size` sequences, each layer's on that layer's device."""
+        devices = [block.norm_mlstm.weight.device for block in self.blocks]
+        return XLSTMCache(self.config, batch_size, device=devices, dtype=dtype)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
@@ -248,52 +257,71 @@ class XLSTMModel(XLSTMPreTrainedModel):
         cache: XLSTMCache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        last_positions_to_keep: int = 0,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """
         Args:
             input_ids: (B, S) token ids; or `inputs_embeds` (B, S, hidden_size), not both.
-            attention_mask: (B, S), 1 for real tokens, 0 for padding; a padded position leaves the state untouched.
+            attention_mask: (B, S) or, during generation, (B, past + S), of which the last S columns are used:
+                1 for real tokens, 0 for padding. A padded position leaves the recurrent state untouched.
             cache: An [`XLSTMCache`] to continue from; it is updated in place and returned.
             use_cache: Return the state (a new cache if none was passed). Defaults to `config.use_cache`.
             output_hidden_states: Also return the hidden states (embeddings, then every block's output; the last one
                 after the output norm).
+            last_positions_to_keep: Return `last_hidden_state` for only the last N positions (0 = all), so that a
+                long prompt, processed in segments of `config.max_inference_chunksize` tokens, is never held whole.
         """
         self._check_inputs(input_ids, inputs_embeds, attention_mask)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        x = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
-        batch_size = x.shape[0]
+        batch_size, length = (input_ids if inputs_embeds is None else inputs_embeds).shape[:2]
         if cache is not None:
             if not isinstance(cache, XLSTMCache):
                 raise TypeError(f"cache must be an XLSTMCache, got {type(cache).__name__}")
             cache.check_compatible(self.config, batch_size)
         elif use_cache:
-            cache = XLSTMCache(self.config, batch_size, device=x.device)
-        mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
+            cache = self.new_cache(batch_size)
+        mask = None
+        if attention_mask is not None and not bool(attention_mask[:, -length:].all()):
+            mask = attention_mask[:, -length:].bool()
 
-        hidden_states = []
-        for index, block in enumerate(self.blocks):
+        states: list[MLSTMState | None] = [None] * len(self.blocks)
+        if cache is not None and cache.seen_tokens:
+            # Copies when autograd may save them: the in-place cache update must not touch a saved tensor.
+            copy = torch.is_grad_enabled()
+            states = [tuple(t.clone() for t in layer.state) if copy else layer.state for layer in cache.layers]
+
+        # Segments carry the state from one to the next: exact, and the activations of one segment bound memory.
+        keep_from = length - last_positions_to_keep if 0 < last_positions_to_keep < length else 0
+        segment = self.config.max_inference_chunksize
+        hidden_states = [[] for _ in range(len(self.blocks) + 1)] if output_hidden_states else None
+        kept = []
+        for start in range(0, length, segment):
+            # Embedded segment by segment: a long prompt's embeddings alone would be ~1 GiB for the 7B at 128K.
+            x = self.embeddings(input_ids[:, start : start + segment]) if inputs_embeds is None else \
+                inputs_embeds[:, start : start + segment]
+            segment_mask = None if mask is None else mask[:, start : start + segment]
+            for index, block in enumerate(self.blocks):
+                if output_hidden_states:
+                    hidden_states[index].append(x)
+                x, states[index] = block(x, states[index], segment_mask)
             if output_hidden_states:
-                hidden_states.append(x)
-            state = None
-            if cache is not None and cache.seen_tokens:
-                # A copy, so the in-place cache update cannot touch tensors autograd saved for backward.
-                state = tuple(t.clone() for t in cache.layers[index].state) if torch.is_grad_enabled() else \
-                    cache.layers[index].state
-            x, state = block(x, state, mask)
-            if cache is not None:
-                cache.layers[index].update(state)
-        x = self.out_norm(x)
-        if output_hidden_states:
-            hidden_states.append(x)
+                x = self.out_norm(x)
+                hidden_states[-1].append(x)
+            if start + x.shape[1] > keep_from:
+                tail = x[:, max(keep_from - start, 0) :]
+                kept.append(tail if output_hidden_states else self.out_norm(tail))
+
         if cache is not None:
-            cache.seen_tokens += x.shape[1]
+            for layer, state in zip(cache.layers, states):
+                layer.update(state)
+            cache.seen_tokens += length
         return BaseModelOutputWithPast(
-            last_hidden_state=x,
+            last_hidden_state=torch.cat(kept, 1) if len(kept) > 1 else kept[0],
             cache=cache if use_cache else None,
-            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            hidden_states=tuple(torch.cat(h, 1) for h in hidden_states) if output_hidden_states else None,
         )
 
 
@@ -340,6 +368,7 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, GenerationMixin):
             logits_to_keep: Compute the head only for the last N positions (0 = all), or for the given indices.
             See [`XLSTMModel.forward`] for the others.
         """
+        keep_last = logits_to_keep if isinstance(logits_to_keep, int) and labels is None else 0
         outputs = self.backbone(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -347,6 +376,7 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, GenerationMixin):
             cache=cache,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            last_positions_to_keep=keep_last,
         )
         x = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):
@@ -360,6 +390,47 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
+
+
+    def _prepare_cache_for_generation(
+        self, generation_config, model_kwargs: dict, generation_mode, batch_size: int, max_cache_length: int
+    ) -> None:
+        # generate() builds no default cache for xLSTM (it knows only attention caches); make ours up front, so that
+        # chunked prefill (`prefill_chunk_size`) and compiled decoding find a static cache from the first call.
+        if model_kwargs.get("cache") is not None or generation_config.use_cache is False:
+            return super()._prepare_cache_for_generation(
+                generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
+            )
+        expand = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
+        model_kwargs["cache"] = self.backbone.new_cache(batch_size * expand)
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: XLSTMCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ) -> dict:
+        """The new tokens only (the state holds the past), the full attention mask (its tail marks padding), and
+        the cache; no 4D mask and no position ids, which a recurrent model has no use for."""
+        if inputs_embeds is not None and is_first_iteration:
+            embeds = inputs_embeds[:, -next_sequence_length:] if next_sequence_length else inputs_embeds
+            model_inputs = {"input_ids": None, "inputs_embeds": embeds}
+        else:
+            ids = input_ids[:, -next_sequence_length:] if next_sequence_length else input_ids
+            model_inputs = {"input_ids": ids.contiguous()}
+        batch_size = (model_inputs["input_ids"] if inputs_embeds is None or not is_first_iteration else
+                      model_inputs["inputs_embeds"]).shape[0]
+        if cache is not None and cache.batch_size != batch_size and batch_size % cache.batch_size == 0:
+            # A cache passed to generate() holds one state per prompt: expand it for beams / return sequences.
+            cache.batch_repeat_interleave(batch_size // cache.batch_size)
+        model_inputs.update(cache=cache, attention_mask=attention_mask)
+        ignored = ("labels", "position_ids", "token_type_ids", "cache_position")
+        model_inputs.update({k: v for k, v in kwargs.items() if k not in ignored and k not in model_inputs})
+        return model_inputs
 
 
 __all__ = ["XLSTMForCausalLM", "XLSTMModel", "XLSTMPreTrainedModel"]

@@ -1,0 +1,317 @@
+"""Generation: the recurrent state as a transformers Cache, every generate() mode, exact padding, long prompts."""
+
+import threading
+
+import pytest
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, TextStreamer, pipeline
+from transformers.cache_utils import Cache
+
+from helpers import TINY, make_tokenizer, random_ids, tiny_config, tiny_model
+from xlstm_hf import XLSTMCache
+
+
+def left_pad(rows, pad_id=1):
+    length = max(r.shape[1] for r in rows)
+    batch = torch.full((len(rows), length), pad_id)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for r, row in enumerate(rows):
+        batch[r, length - row.shape[1]:], mask[r, length - row.shape[1]:] = row[0], 1
+    return batch, mask
+
+
+# --- the cache ---------------------------------------------------------------------------------------------------
+
+def test_cache_is_a_static_transformers_cache():
+    config = tiny_config()
+    cache = XLSTMCache(config, batch_size=3)
+    assert isinstance(cache, Cache) and cache.is_compileable and len(cache) == config.num_hidden_layers
+    C, n, m = cache.layers[0].state
+    assert C.shape == (3, config.num_heads, config.qk_head_dim, config.v_head_dim) and C.dtype == torch.float32
+    assert n.shape == (3, config.num_heads, config.qk_head_dim) and m.shape == (3, config.num_heads)
+    assert XLSTMCache(config, 1, dtype=torch.bfloat16).layers[0].C.dtype == torch.bfloat16
+    assert XLSTMCache(tiny_config(inference_state_dtype="bfloat16"), 1).layers[0].C.dtype == torch.bfloat16
+
+
+def test_cache_is_updated_in_place_and_resets():
+    model = tiny_model()
+    cache = XLSTMCache(model.config, 2)
+    pointers = [t.data_ptr() for layer in cache.layers for t in layer.state]
+    out = model(random_ids(2, 9), cache=cache)
+    assert out.cache is cache and cache.get_seq_length() == 9
+    assert [t.data_ptr() for layer in cache.layers for t in layer.state] == pointers
+    assert cache.layers[0].C.abs().sum() > 0
+    cache.reset()
+    assert cache.get_seq_length() == 0 and all(t.abs().sum() == 0 for layer in cache.layers for t in layer.state)
+
+
+def test_bfloat16_state_stays_close_to_float32():
+    model = tiny_model()
+    ids = random_ids(2, 12)
+    ref = model(ids, cache=XLSTMCache(model.config, 2)).cache
+    low = model(ids, cache=XLSTMCache(model.config, 2, dtype=torch.bfloat16)).cache
+    for a, b in zip(ref.layers, low.layers):
+        assert torch.allclose(a.C, b.C.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_cache_batch_operations():
+    model = tiny_model()
+    ids = random_ids(3, 6)
+    cache = model(ids).cache
+    before = [t.clone() for t in cache.layers[1].state]
+    cache.reorder_cache(torch.tensor([2, 0, 0]))
+    assert all(torch.equal(t, b[[2, 0, 0]]) for t, b in zip(cache.layers[1].state, before))
+    cache.batch_select_indices(torch.tensor([1, 2]))
+    assert all(torch.equal(t, b[[0, 0]]) for t, b in zip(cache.layers[1].state, before))
+    cache.batch_repeat_interleave(2)
+    assert cache.batch_size == 4 and torch.equal(cache.layers[1].C[3], before[0][0])
+    cache.to(dtype=torch.float64)
+    assert cache.layers[0].C.dtype == torch.float64
+    with pytest.raises(NotImplementedError, match="cannot be cropped"):
+        cache.crop(1)
+
+
+# --- exactness ---------------------------------------------------------------------------------------------------
+
+def test_prefill_then_decode_equals_full_forward_at_every_step():
+    model = tiny_model()
+    ids = random_ids(2, 30)
+    full = model(ids).logits
+    out = model(ids[:, :18])
+    assert (out.logits - full[:, :18]).abs().max() < 1e-5
+    cache = out.cache
+    for t in range(18, 30):
+        step = model(ids[:, t : t + 1], cache=cache)
+        assert step.cache is cache and cache.get_seq_length() == t + 1
+        assert (step.logits[:, 0] - full[:, t]).abs().max() < 1e-5, t
+
+
+def test_left_padded_batch_matches_each_row_alone():
+    model = tiny_model()
+    rows = [random_ids(1, 13, seed=1), random_ids(1, 6, seed=2), random_ids(1, 1, seed=3)]
+    batch, mask = left_pad(rows)
+    padded = model(batch, attention_mask=mask).logits
+    generated = model.generate(batch, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    for r, row in enumerate(rows):
+        alone = model(row).logits
+        assert (padded[r, -row.shape[1]:] - alone[0]).abs().max() < 1e-5
+        # An explicit mask: generate() would otherwise take a real token equal to pad_token_id for padding.
+        alone_tokens = model.generate(row, attention_mask=torch.ones_like(row), max_new_tokens=8, min_new_tokens=8,
+                                      do_sample=False)
+        assert torch.equal(generated[r, batch.shape[1]:], alone_tokens[0, row.shape[1]:])
+
+
+def test_right_padded_training_batch_is_exact():
+    model = tiny_model().train()
+    rows = [random_ids(1, 11, seed=4), random_ids(1, 5, seed=5)]
+    batch = torch.full((2, 11), 1)
+    mask = torch.zeros(2, 11, dtype=torch.long)
+    for r, row in enumerate(rows):
+        batch[r, : row.shape[1]], mask[r, : row.shape[1]] = row[0], 1
+    labels = batch.masked_fill(mask == 0, -100)
+    out = model(batch, attention_mask=mask, labels=labels)
+    for r, row in enumerate(rows):
+        alone = model(row, labels=row)
+        assert (out.logits[r, : row.shape[1]] - alone.logits[0]).abs().max() < 1e-5
+        for a, b in zip(out.cache.layers, alone.cache.layers):  # padding after the row leaves its state as it was
+            assert torch.allclose(a.C[r], b.C[0], atol=1e-5) and torch.allclose(a.m[r], b.m[0], atol=1e-5)
+    # Mean over the real tokens of both rows, as one long batch would give.
+    per_row = [model(row, labels=row).loss * (row.shape[1] - 1) for row in rows]
+    assert torch.allclose(out.loss, sum(per_row) / sum(row.shape[1] - 1 for row in rows), atol=1e-5)
+    out.loss.backward()
+
+
+@pytest.mark.parametrize("segment", [1, 7, 16])
+def test_segmented_prefill_is_exact(segment):
+    model = tiny_model()
+    ids = random_ids(2, 40)
+    ref = model(ids, output_hidden_states=True)
+    model.config.max_inference_chunksize = segment
+    out = model(ids, output_hidden_states=True)
+    # Exact math; float32 rounding differs between the chunkwise and step forms, hence 1e-4 rather than 0.
+    assert (out.logits - ref.logits).abs().max() < 1e-4
+    assert all((a - b).abs().max() < 1e-4 for a, b in zip(out.hidden_states, ref.hidden_states))
+    for a, b in zip(out.cache.layers, ref.cache.layers):
+        assert torch.allclose(a.C, b.C, atol=1e-4)
+    last = model(ids, logits_to_keep=3)
+    assert last.logits.shape[1] == 3 and (last.logits - ref.logits[:, -3:]).abs().max() < 1e-4
+
+
+def test_generate_computes_the_head_only_for_the_last_position():
+    model = tiny_model()
+    widths = []
+    model.lm_head.register_forward_hook(lambda module, inputs, output: widths.append(inputs[0].shape[1]))
+    model.generate(random_ids(2, 25), max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert widths == [1, 1, 1]
+
+
+# --- generate() modes --------------------------------------------------------------------------------------------
+
+def greedy_by_hand(model, ids, steps):
+    for _ in range(steps):
+        ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    return ids
+
+
+def test_greedy_equals_argmax_by_hand():
+    model = tiny_model()
+    ids = random_ids(2, 10)
+    out = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert torch.equal(out, greedy_by_hand(model, ids, 6))
+
+
+MODES = {
+    "sampling": dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.9),
+    "beam_search": dict(num_beams=3, do_sample=False),
+    "beam_search_returns": dict(num_beams=4, num_return_sequences=2, do_sample=False),
+    "sampling_returns": dict(do_sample=True, num_return_sequences=3),
+    "repetition_penalty": dict(do_sample=False, repetition_penalty=1.5),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_generate_with_the_cache_equals_recomputing_everything(mode):
+    # use_cache=False runs the whole sequence again at each step: no state, no reorder, an independent reference.
+    model = tiny_model()
+    ids, mask = left_pad([random_ids(1, 9, seed=6), random_ids(1, 4, seed=7)])
+    outs = []
+    for use_cache in (True, False):
+        torch.manual_seed(0)
+        outs.append(model.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, use_cache=use_cache,
+                                   **MODES[mode]))
+    assert torch.equal(outs[0], outs[1])
+    expected_rows = 2 * MODES[mode].get("num_return_sequences", 1)
+    assert outs[0].shape == (expected_rows, ids.shape[1] + 6)
+
+
+def test_eos_and_min_new_tokens():
+    model = tiny_model()
+    ids = random_ids(1, 8)
+    free = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    eos = int(free[0, 8 + 2])  # greedy emits this as its third new token
+    stopped = model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=eos)
+    first = (free[0, 8:] == eos).nonzero()[0, 0].item()
+    assert torch.equal(stopped[0], free[0, : 8 + first + 1])
+    forced = model.generate(ids, max_new_tokens=6, min_new_tokens=5, do_sample=False, eos_token_id=eos)
+    assert forced.shape[1] >= 8 + 5 and (forced[0, 8 : 8 + 4] != eos).all()
+
+
+def test_stopping_criteria():
+    class StopAfter(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), input_ids.shape[1] >= 12, dtype=torch.bool)
+
+    out = tiny_model().generate(random_ids(1, 8), max_new_tokens=20, do_sample=False,
+                                stopping_criteria=StoppingCriteriaList([StopAfter()]))
+    assert out.shape[1] == 12
+
+
+def test_streamers():
+    model, tokenizer = tiny_model(), make_tokenizer()
+    prompt = tokenizer("the way of the word", return_tensors="pt")
+    reference = model.generate(**prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    expected = tokenizer.decode(reference[0, prompt.input_ids.shape[1]:], skip_special_tokens=True)
+
+    printed = []
+
+    class Capture(TextStreamer):
+        def on_finalized_text(self, text, stream_end=False):
+            printed.append(text)
+
+    model.generate(**prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                   streamer=Capture(tokenizer, skip_prompt=True, skip_special_tokens=True))
+    assert "".join(printed).strip() == expected.strip()
+
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    thread = threading.Thread(target=model.generate, kwargs=dict(**prompt, max_new_tokens=6, min_new_tokens=6,
+                                                                 do_sample=False, streamer=streamer))
+    thread.start()
+    streamed = "".join(streamer)
+    thread.join()
+    assert streamed.strip() == expected.strip()
+
+
+def test_text_generation_pipeline():
+    model, tokenizer = tiny_model(), make_tokenizer()
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    result = generator("the way of", max_new_tokens=5, min_new_tokens=5, do_sample=False, return_tensors=True)[0]
+    ids = tokenizer("the way of", return_tensors="pt")
+    reference = model.generate(**ids, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert list(result["generated_token_ids"]) == reference[0].tolist()
+    text = generator("the way of", max_new_tokens=5, min_new_tokens=5, do_sample=False)[0]["generated_text"]
+    assert text.startswith("the way of") and len(text) > len("the way of")
+
+
+def test_chat_template_and_multi_turn_continuation_from_the_returned_cache():
+    model, tokenizer = tiny_model(), make_tokenizer()
+    chat = [{"role": "user", "content": "what is the way"}]
+    first = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**first, max_new_tokens=4, min_new_tokens=4, do_sample=False, return_dict_in_generate=True)
+    cache = out.cache
+    assert isinstance(cache, XLSTMCache) and cache.get_seq_length() == out.sequences.shape[1] - 1
+    reply = tokenizer.decode(out.sequences[0, first["input_ids"].shape[1]:], skip_special_tokens=True)
+    chat += [{"role": "assistant", "content": reply}, {"role": "user", "content": "how can you see"}]
+    # The second turn: the whole conversation so far plus the new user turn, continuing from the cache.
+    second_turn = tokenizer("<user> how can you see <assistant> ", return_tensors="pt").input_ids
+    conversation = torch.cat([out.sequences, second_turn], 1)
+    continued = model.generate(conversation, attention_mask=torch.ones_like(conversation), cache=cache,
+                               max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    fresh = model.generate(conversation, attention_mask=torch.ones_like(conversation), max_new_tokens=4,
+                           min_new_tokens=4, do_sample=False)
+    assert torch.equal(continued, fresh)
+
+
+def test_generate_from_a_cache_passed_in_expands_it_for_beams():
+    model = tiny_model()
+    ids = random_ids(2, 7)
+    prefix = model(ids[:, :5])
+    continued = model.generate(ids, attention_mask=torch.ones_like(ids), cache=prefix.cache, num_beams=2,
+                               max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    fresh = model.generate(ids, num_beams=2, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert torch.equal(continued, fresh)
+
+
+def test_prefill_chunk_size_of_generate():
+    model = tiny_model()
+    ids = random_ids(2, 30)
+    plain = model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    chunked = model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, prefill_chunk_size=8)
+    assert torch.equal(plain, chunked)
+
+
+def test_inputs_embeds_prompt():
+    model = tiny_model()
+    ids = random_ids(1, 9)
+    from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(ids), max_new_tokens=4,
+                                 min_new_tokens=4, do_sample=False)
+    from_ids = model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert torch.equal(from_embeds[0, -4:], from_ids[0, -4:])
+
+
+def test_assisted_decoding_is_refused_clearly():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="stateful"):
+        model.generate(random_ids(1, 5), assistant_model=tiny_model(seed=1), max_new_tokens=3)
+
+
+def test_a_cache_with_the_wrong_batch_size_for_generate():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="batch size"):
+        model.generate(random_ids(3, 5), cache=XLSTMCache(model.config, 2), max_new_tokens=2)
+
+
+def test_a_long_prompt_is_never_held_whole():
+    # Constant memory in context: with segments of 16 tokens, no block ever sees more than 16 positions, the
+    # backbone hands the head one position, and the state has the same size whatever the prompt length.
+    model = tiny_model(max_inference_chunksize=16)
+    widths = []
+    for block in model.backbone.blocks:
+        block.register_forward_hook(lambda module, inputs, output: widths.append(inputs[0].shape[1]))
+    kept = []
+    model.backbone.register_forward_hook(lambda module, inputs, output: kept.append(output.last_hidden_state.shape[1]))
+    ids = random_ids(1, 200)
+    out = model.generate(ids, max_new_tokens=2, min_new_tokens=2, do_sample=False, return_dict_in_generate=True)
+    assert max(widths) == 16 and kept == [1, 1]
+    short = model.generate(ids[:, :20], max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
+    assert [t.shape for t in out.cache.layers[0].state] == [t.shape for t in short.cache.layers[0].state]
+    assert torch.equal(out.sequences[:, 200:], greedy_by_hand(model, ids, 2)[:, 200:])
