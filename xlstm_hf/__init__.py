@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .cache_xlstm import XLSTMCache
 from .configuration_xlstm import XLSTMConfig
+from .kernels import set_backend as set_kernel_backend
 from .modeling_xlstm import XLSTMForCausalLM, XLSTMModel, XLSTMPreTrainedModel
 
 __version__ = "0.1.0"
@@ -16,4 +17,12 @@ AutoConfig.register("xlstm", XLSTMConfig, exist_ok=True)
 AutoModel.register(XLSTMConfig, XLSTMModel, exist_ok=True)
 AutoModelForCausalLM.register(XLSTMConfig, XLSTMForCausalLM, exist_ok=True)
 
-__all__ = ["XLSTMCache", "XLSTMConfig", "XLSTMForCausalLM", "XLSTMModel", "XLSTMPreTrainedModel", "__version__"]
+__all__ = [
+    "XLSTMCache",
+    "XLSTMConfig",
+    "XLSTMForCausalLM",
+    "XLSTMModel",
+    "XLSTMPreTrainedModel",
+    "__version__",
+    "set_kernel_backend",
+]

@@ -40,7 +40,8 @@ class XLSTMCacheLayer:
     def update(self, state: MLSTMState) -> None:
         # Detached: the cache carries values between calls, never a graph (a later in-place update would break it).
         for buffer, new in zip(self.state, state):
-            buffer.copy_(new.detach())
+            if new is not buffer:  # the fused step kernel has already written it in place
+                buffer.copy_(new.detach())
 
     def reset(self) -> None:
         for buffer in self.state:

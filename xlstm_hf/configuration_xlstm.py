@@ -140,12 +140,26 @@ class XLSTMConfig(PretrainedConfig):
 
     def _normalise_kernel_names(self) -> None:
         # Triton/CUDA kernel names from the xlstm package or NX-AI's config would make the saved config.json fail
-        # vanilla transformers' strict validation; they only ever express a run-time preference.
+        # vanilla transformers' strict validation; they only ever express a run-time preference, kept unsaved.
         for field, allowed in NATIVE_KERNELS.items():
             value = getattr(self, field)
             if value not in allowed:
                 logger.info(f"{field}={value!r} is chosen at run time; saving {allowed[0]!r} for compatibility.")
+                self._requested_kernel = getattr(self, "_requested_kernel", None) or value
                 setattr(self, field, allowed[0])
+
+    @property
+    def kernel_preference(self) -> str | None:
+        """The kernel name a loaded config asked for, if any (legacy names included); mapped onto our backends
+        at run time by `xlstm_hf.kernels.normalize_backend`."""
+        for name in ("_requested_kernel", "forward_backend_name", "step_backend_name"):
+            if getattr(self, name, None):
+                return getattr(self, name)
+        return None
+
+    def _remove_keys_not_serialized(self, d: dict) -> None:
+        super()._remove_keys_not_serialized(d)
+        d.pop("_requested_kernel", None)
 
     def _validate(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "chunk_size",

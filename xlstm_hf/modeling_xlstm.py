@@ -17,7 +17,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from .cache_xlstm import XLSTMCache
 from .configuration_xlstm import XLSTMConfig
-from .kernels import MLSTMState, mlstm
+from .kernels import MLSTMState, mlstm, resolve_backend
 
 
 def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
@@ -130,6 +130,7 @@ class XLSTMLayer(nn.Module):
         h, state = mlstm(
             heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2), state,
             chunk_size=self.config.chunk_size, eps=self.config.eps,
+            backend=resolve_backend(x.device, self.config.kernel_preference),
         )
         h = self.multihead_norm(h.transpose(1, 2))
         return self.out_proj(torch.sigmoid(o) * h), state
@@ -192,6 +193,12 @@ class XLSTMPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
+
+    @property
+    def kernel_backend(self) -> str:
+        """The mLSTM kernels this model runs on its device: "triton" or "torch" (see `xlstm_hf.kernels.backend`;
+        override with `xlstm_hf.set_kernel_backend(...)` or the XLSTM_HF_KERNELS environment variable)."""
+        return resolve_backend(self.device, self.config.kernel_preference)
 
 
 class XLSTMModel(XLSTMPreTrainedModel):

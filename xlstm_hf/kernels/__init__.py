@@ -1,6 +1,11 @@
-"""mLSTM cell kernels on plain tensors. They know nothing of transformers."""
+"""mLSTM cell kernels on plain tensors. They know nothing of transformers.
 
+* :mod:`.mlstm_torch`: the pure-PyTorch reference (recurrent step and sequence, chunkwise, parallel), the spec.
+* :mod:`.mlstm_triton`: Triton kernels (chunkwise forward/backward, fused step), imported only when used.
+* :mod:`.backend`: the run-time choice between them, and :func:`mlstm`, the entry point the model calls.
+"""
 
+from .backend import mlstm, normalize_backend, resolve_backend, set_backend, triton_available
 from .mlstm_torch import (
     MLSTMState,
     mlstm_chunkwise,
@@ -17,16 +22,9 @@ __all__ = [
     "mlstm_parallel",
     "mlstm_recurrent_sequence",
     "mlstm_recurrent_step",
+    "normalize_backend",
+    "resolve_backend",
+    "set_backend",
+    "triton_available",
     "zero_state",
 ]
-
-
-def mlstm(
-    q, k, v, i, f, initial_state: MLSTMState | None = None, chunk_size: int = 64, eps: float = 1e-6
-):
-    """The mLSTM cell over a sequence, in the form that suits its length: the recurrent step for one token after
-    a state, the chunkwise form otherwise. Shapes as in :mod:`xlstm_hf.kernels.mlstm_torch`."""
-    if q.shape[2] == 1 and initial_state is not None:
-        h, state = mlstm_recurrent_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], initial_state, eps)
-        return h[:, :, None], state
-    return mlstm_chunkwise(q, k, v, i, f, initial_state, chunk_size=chunk_size, eps=eps)

@@ -1,0 +1,88 @@
+"""The Triton kernels against the float64 recurrent reference: outputs, final states and every gradient.
+
+On the CPU they run in Triton's interpreter (fp32/fp16: its bf16 dot is wrong); on a GPU the same tests also run at
+the 7B's shapes in bf16 (`pytest tests/test_mlstm_triton.py` on the device machine).
+"""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from xlstm_hf.kernels import mlstm_recurrent_sequence, mlstm_recurrent_step  # noqa: E402
+from xlstm_hf.kernels.mlstm_triton import mlstm_chunkwise_triton, mlstm_step_triton  # noqa: E402
+
+GPU = torch.cuda.is_available()
+DEVICE = "cuda" if GPU else "cpu"
+
+
+def make_inputs(B, NH, S, DQK, DV, dtype, seed=0, with_state=True):
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    inputs = [rand(B, NH, S, DQK), rand(B, NH, S, DQK), rand(B, NH, S, DV), 3 * rand(B, NH, S), 3 * rand(B, NH, S) + 2]
+    state = (rand(B, NH, DQK, DV), rand(B, NH, DQK).abs(), rand(B, NH)) if with_state else None
+    to = lambda x: x.to(DEVICE, dtype)  # noqa: E731
+    return [to(x) for x in inputs], (tuple(s.to(DEVICE, torch.float32) for s in state) if state else None)
+
+
+def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((x.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def check_against_reference(B, NH, S, DQK, DV, dtype, chunk_size, with_state, tol):
+    inputs, state = make_inputs(B, NH, S, DQK, DV, dtype, with_state=with_state)
+    leaves = [x.clone().requires_grad_() for x in inputs + (list(state) if state else [])]
+    ref_leaves = [x.detach().double().clone().requires_grad_() for x in leaves]
+    split = lambda xs: (xs[:5], tuple(xs[5:]) if state else None)  # noqa: E731
+    h, final = mlstm_chunkwise_triton(*split(leaves)[0], split(leaves)[1], chunk_size=chunk_size)
+    h_ref, final_ref = mlstm_recurrent_sequence(*split(ref_leaves)[0], split(ref_leaves)[1])
+    assert h.dtype == dtype and all(s.dtype == torch.float32 for s in final)
+    errors = {"h": relative_error(h, h_ref)}
+    errors.update({name: relative_error(a, b) for name, a, b in zip("Cnm", final, final_ref)})
+    gen = torch.Generator().manual_seed(1)
+    weights = [torch.randn(x.shape, generator=gen, dtype=torch.float64).to(DEVICE) for x in (h_ref, *final_ref)]
+    sum((x.double() * w).sum() for x, w in zip((h, *final), weights)).backward()
+    sum((x * w).sum() for x, w in zip((h_ref, *final_ref), weights)).backward()
+    names = ["dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"]
+    errors.update({name: relative_error(a.grad, b.grad) for name, a, b in zip(names, leaves, ref_leaves)})
+    bad = {name: err for name, err in errors.items() if not err <= tol}
+    assert not bad, f"relative errors above {tol}: {bad}"
+
+
+@pytest.mark.parametrize("S", [1, 17, 100, 257])
+@pytest.mark.parametrize("DQK, DV, chunk_size", [(16, 16, 16), (24, 40, 32), (32, 48, 64)])
+def test_chunkwise_float32(S, DQK, DV, chunk_size):
+    check_against_reference(2, 2, S, DQK, DV, torch.float32, chunk_size, with_state=True, tol=5e-4)
+
+
+@pytest.mark.parametrize("S", [17, 100])
+def test_chunkwise_without_initial_state(S):
+    check_against_reference(1, 3, S, 16, 32, torch.float32, 16, with_state=False, tol=5e-4)
+
+
+def test_chunkwise_float16():
+    check_against_reference(1, 2, 50, 32, 32, torch.float16, 16, with_state=True, tol=2e-2)
+
+
+@pytest.mark.skipif(not GPU, reason="7B shapes in bf16 need the GPU (the interpreter's bf16 dot is wrong)")
+@pytest.mark.parametrize("S", [1, 17, 100, 257, 1000])
+def test_chunkwise_7b_shapes_bfloat16(S):
+    check_against_reference(1, 8, S, 256, 512, torch.bfloat16, 128, with_state=True, tol=3e-2)
+
+
+@pytest.mark.parametrize("DQK, DV, state_dtype", [(16, 16, torch.float32), (24, 40, torch.float32),
+                                                   (32, 64, torch.bfloat16)] + ([(256, 512, torch.float32)]
+                                                                                if GPU else []))
+def test_step_updates_the_state_in_place(DQK, DV, state_dtype):
+    inputs, state = make_inputs(3, 2, 1, DQK, DV, torch.float32)
+    q, k, v, i, f = (x[:, :, 0] for x in inputs)
+    state = tuple(s.to(state_dtype).contiguous() for s in state)
+    expected_h, expected_state = mlstm_recurrent_step(*(x.double() for x in (q, k, v, i, f)),
+                                                      tuple(s.double() for s in state))
+    pointers = [s.data_ptr() for s in state]
+    h, new_state = mlstm_step_triton(q, k, v, i, f, state)
+    assert [s.data_ptr() for s in new_state] == pointers and all(a is b for a, b in zip(new_state, state))
+    tol = 1e-5 if state_dtype == torch.float32 else 2e-2
+    assert relative_error(h, expected_h) < tol
+    for got, want in zip(new_state, expected_state):
+        assert relative_error(got, want) < tol

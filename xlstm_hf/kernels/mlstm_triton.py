@@ -1,0 +1,678 @@
+"""Triton kernels for the mLSTM cell: chunkwise forward and backward, and the fused recurrent step.
+
+Written from the equations of DESIGN.md; :mod:`xlstm_hf.kernels.mlstm_torch` is their specification. Plain
+pointer arithmetic only (no block pointers, no tensor descriptors), so they build on Triton 3.6 through 3.9.
+
+Chunkwise layout. The sequence is cut into chunks of L tokens (the tail padded with positions that leave the state
+untouched). Per (batch, head):
+
+* ``_fw_states``: the recurrence over chunks, parallel over (q/k dim, v dim) tiles of the state. It stores the
+  state entering every chunk, C_{k-1} (DQK x DV), n_{k-1} and m_{k-1}, and the final state.
+* ``_fw_outputs``: every chunk in parallel, in row blocks: the incoming state's contribution plus the causal
+  intra-chunk part, with the exact per-position stabiliser m_t (computed beforehand from the gate vectors).
+* backward: ``_bw_states`` runs the state gradient backwards over chunks (stabilised by the forward's chunk m's),
+  then ``_bw_dq``, ``_bw_dk`` and ``_bw_dv`` are parallel over chunks. The gate gradients follow from the
+  identities  sum_j dlogW_tj = q_t . dq_t  and  sum_t dlogW_tj = k_j . dk_j  (vector work, done in PyTorch).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .mlstm_torch import MLSTMState
+
+# ------------------------------------------------------------------------------------------------------------------
+# Kernels
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _fw_states(
+    K, V, B_gate, I_gate, C0, N0, M0, C_states, N_states, M_states, C_out, N_out, M_out,
+    s_kb, s_kh, s_ks, s_vb, s_vh, s_vs,
+    NH: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, HAS_INITIAL: tl.constexpr, IEEE: tl.constexpr,
+):
+    pid_bh, pid_k, pid_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, h = pid_bh // NH, pid_bh % NH
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    offs_t = tl.arange(0, L)
+    mask_k, mask_v = offs_k < DQK, offs_v < DV
+    mask_kv = mask_k[:, None] & mask_v[None, :]
+    state_kv = offs_k[:, None] * DV + offs_v[None, :]
+    if HAS_INITIAL:
+        c = tl.load(C0 + pid_bh * DQK * DV + state_kv, mask=mask_kv, other=0.0).to(tl.float32)
+        n = tl.load(N0 + pid_bh * DQK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        m = tl.load(M0 + pid_bh).to(tl.float32)
+    else:
+        c = tl.zeros((BK, BV), dtype=tl.float32)
+        n = tl.zeros((BK,), dtype=tl.float32)
+        m = 0.0
+    k_base = K + b * s_kb + h * s_kh
+    v_base = V + b * s_vb + h * s_vh
+    gate_base = pid_bh * NC * L
+    for chunk in range(NC):
+        tl.store(C_states + (pid_bh * NC + chunk) * DQK * DV + state_kv, c, mask=mask_kv)
+        if pid_v == 0:
+            tl.store(N_states + (pid_bh * NC + chunk) * DQK + offs_k, n, mask=mask_k)
+            if pid_k == 0:
+                tl.store(M_states + pid_bh * (NC + 1) + chunk, m)
+        t = chunk * L + offs_t
+        b_t = tl.load(B_gate + gate_base + t)
+        i_t = tl.load(I_gate + gate_base + t)
+        g = tl.load(B_gate + gate_base + chunk * L + L - 1)
+        a = g - b_t + i_t
+        m_new = tl.maximum(g + m, tl.max(a, axis=0))
+        decay = tl.exp(g + m - m_new)
+        w = tl.exp(a - m_new)
+        k_tile = tl.load(k_base + t[:, None] * s_ks + offs_k[None, :], mask=mask_k[None, :], other=0.0)
+        v_tile = tl.load(v_base + t[:, None] * s_vs + offs_v[None, :], mask=mask_v[None, :], other=0.0)
+        k_weighted = k_tile.to(tl.float32) * w[:, None]
+        c = decay * c + _dot(tl.trans(k_weighted.to(v_tile.dtype)), v_tile, IEEE)
+        n = decay * n + tl.sum(k_weighted, axis=0)
+        m = m_new
+    tl.store(C_out + pid_bh * DQK * DV + state_kv, c, mask=mask_kv)
+    if pid_v == 0:
+        tl.store(N_out + pid_bh * DQK + offs_k, n, mask=mask_k)
+        if pid_k == 0:
+            tl.store(M_out + pid_bh, m)
+            tl.store(M_states + pid_bh * (NC + 1) + NC, m)
+
+
+@triton.jit
+def _fw_outputs(
+    Q, K, V, H, B_gate, I_gate, M_pos, C_states, N_states, M_states, DEN,
+    s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_hb, s_hh, s_hs,
+    scale, eps,
+    NH: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
+):
+    pid_bh, pid_r, pid_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, h = pid_bh // NH, pid_bh % NH
+    blocks_per_chunk: tl.constexpr = L // BT
+    chunk, row_block = pid_r // blocks_per_chunk, pid_r % blocks_per_chunk
+    offs_t = chunk * L + row_block * BT + tl.arange(0, BT)
+    offs_j0 = tl.arange(0, BT)
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    offs_kk = tl.arange(0, BK)
+    mask_v = offs_v < DV
+    gate_base = pid_bh * NC * L
+    b_t = tl.load(B_gate + gate_base + offs_t)
+    m_t = tl.load(M_pos + gate_base + offs_t)
+    m_prev = tl.load(M_states + pid_bh * (NC + 1) + chunk)
+    q_base = Q + b * s_qb + h * s_qh
+    k_base = K + b * s_kb + h * s_kh
+    v_base = V + b * s_vb + h * s_vh
+
+    # The incoming state: exp(b_t + m_{k-1} - m_t) * scale * q_t^T C_{k-1}  (and n).
+    num = tl.zeros((BT, BV), dtype=tl.float32)
+    den = tl.zeros((BT,), dtype=tl.float32)
+    c_base = C_states + (pid_bh * NC + chunk) * DQK * DV
+    n_base = N_states + (pid_bh * NC + chunk) * DQK
+    for kk in range(0, DQK, BK):
+        offs_k = kk + offs_kk
+        mask_k = offs_k < DQK
+        q_tile = tl.load(q_base + offs_t[:, None] * s_qs + offs_k[None, :], mask=mask_k[None, :], other=0.0)
+        c_tile = tl.load(c_base + offs_k[:, None] * DV + offs_v[None, :], mask=mask_k[:, None] & mask_v[None, :],
+                         other=0.0)
+        n_tile = tl.load(n_base + offs_k, mask=mask_k, other=0.0)
+        num += _dot(q_tile.to(tl.float32), c_tile, True) if IEEE else _dot(q_tile, c_tile.to(q_tile.dtype), False)
+        den += tl.sum(q_tile.to(tl.float32) * n_tile[None, :], axis=1)
+    inter = tl.exp(b_t + m_prev - m_t) * scale
+    num = num * inter[:, None]
+    den = den * inter
+
+    # The intra-chunk part, causal: blocks of columns up to and including the diagonal one.
+    for col_block in range(0, row_block + 1):
+        offs_j = chunk * L + col_block * BT + offs_j0
+        s = tl.zeros((BT, BT), dtype=tl.float32)
+        for kk in range(0, DQK, BK):
+            offs_k = kk + offs_kk
+            mask_k = offs_k < DQK
+            q_tile = tl.load(q_base + offs_t[:, None] * s_qs + offs_k[None, :], mask=mask_k[None, :], other=0.0)
+            k_tile = tl.load(k_base + offs_j[:, None] * s_ks + offs_k[None, :], mask=mask_k[None, :], other=0.0)
+            s += _dot(q_tile, tl.trans(k_tile), IEEE)
+        b_j = tl.load(B_gate + gate_base + offs_j)
+        i_j = tl.load(I_gate + gate_base + offs_j)
+        log_d = b_t[:, None] - b_j[None, :] + i_j[None, :] - m_t[:, None]
+        log_d = tl.where(offs_t[:, None] >= offs_j[None, :], log_d, float("-inf"))
+        p = s * tl.exp(log_d) * scale
+        v_tile = tl.load(v_base + offs_j[:, None] * s_vs + offs_v[None, :], mask=mask_v[None, :], other=0.0)
+        num += _dot(p.to(v_tile.dtype), v_tile, IEEE)
+        den += tl.sum(p, axis=1)
+
+    h_tile = num / (tl.maximum(tl.abs(den), tl.exp(-m_t)) + eps)[:, None]
+    h_base = H + b * s_hb + h * s_hh
+    tl.store(h_base + offs_t[:, None] * s_hs + offs_v[None, :], h_tile.to(H.dtype.element_ty), mask=mask_v[None, :])
+    if pid_v == 0:
+        tl.store(DEN + gate_base + offs_t, den)
+
+
+@triton.jit
+def _bw_states(
+    Q, DH, RDEN, DDEN, B_gate, M_pos, M_states, DC_final, DN_final, DC_states, DN_states, DC0, DN0,
+    s_qb, s_qh, s_qs, s_db, s_dh, s_ds,
+    scale,
+    NH: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, HAS_FINAL_GRAD: tl.constexpr, IEEE: tl.constexpr,
+):
+    """dC_k = exp(g_k + m_{k-1} - m_k) dC_{k+1} + sum_t exp(b_t + m_{k-1} - m_t) scale q_t dnum_t^T, backwards."""
+    pid_bh, pid_k, pid_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, h = pid_bh // NH, pid_bh % NH
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    offs_t = tl.arange(0, L)
+    mask_k, mask_v = offs_k < DQK, offs_v < DV
+    mask_kv = mask_k[:, None] & mask_v[None, :]
+    state_kv = offs_k[:, None] * DV + offs_v[None, :]
+    if HAS_FINAL_GRAD:
+        dc = tl.load(DC_final + pid_bh * DQK * DV + state_kv, mask=mask_kv, other=0.0).to(tl.float32)
+        dn = tl.load(DN_final + pid_bh * DQK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+    else:
+        dc = tl.zeros((BK, BV), dtype=tl.float32)
+        dn = tl.zeros((BK,), dtype=tl.float32)
+    q_base = Q + b * s_qb + h * s_qh
+    dh_base = DH + b * s_db + h * s_dh
+    gate_base = pid_bh * NC * L
+    for back in range(NC):
+        chunk = NC - 1 - back
+        tl.store(DC_states + (pid_bh * NC + chunk) * DQK * DV + state_kv, dc, mask=mask_kv)
+        if pid_v == 0:
+            tl.store(DN_states + (pid_bh * NC + chunk) * DQK + offs_k, dn, mask=mask_k)
+        t = chunk * L + offs_t
+        b_t = tl.load(B_gate + gate_base + t)
+        m_t = tl.load(M_pos + gate_base + t)
+        g = tl.load(B_gate + gate_base + chunk * L + L - 1)
+        m_prev = tl.load(M_states + pid_bh * (NC + 1) + chunk)
+        m_next = tl.load(M_states + pid_bh * (NC + 1) + chunk + 1)
+        w = tl.exp(b_t + m_prev - m_t) * scale
+        q_tile = tl.load(q_base + t[:, None] * s_qs + offs_k[None, :], mask=mask_k[None, :], other=0.0)
+        dh_tile = tl.load(dh_base + t[:, None] * s_ds + offs_v[None, :], mask=mask_v[None, :], other=0.0)
+        dnum = dh_tile.to(tl.float32) * tl.load(RDEN + gate_base + t)[:, None]
+        q_weighted = q_tile.to(tl.float32) * w[:, None]
+        decay = tl.exp(g + m_prev - m_next)
+        if IEEE:
+            dc = decay * dc + _dot(tl.trans(q_weighted), dnum, True)
+        else:
+            dc = decay * dc + _dot(tl.trans(q_weighted.to(q_tile.dtype)), dnum.to(q_tile.dtype), False)
+        dn = decay * dn + tl.sum(q_weighted * tl.load(DDEN + gate_base + t)[:, None], axis=0)
+    tl.store(DC0 + pid_bh * DQK * DV + state_kv, dc, mask=mask_kv)
+    if pid_v == 0:
+        tl.store(DN0 + pid_bh * DQK + offs_k, dn, mask=mask_k)
+
+
+@triton.jit
+def _bw_dq(
+    Q, K, V, DH, RDEN, DDEN, B_gate, I_gate, M_pos, M_states, C_states, N_states, DQ,
+    s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_db, s_dh, s_ds,
+    scale,
+    NH: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
+):
+    """dq_t = scale [sum_{j<=t} W_tj (dnum_t.v_j + dden_t) k_j + exp(b_t + m_{k-1} - m_t)(C_{k-1} dnum_t + n dden_t)]."""
+    pid_bh, pid_r, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, h = pid_bh // NH, pid_bh % NH
+    blocks_per_chunk: tl.constexpr = L // BT
+    chunk, row_block = pid_r // blocks_per_chunk, pid_r % blocks_per_chunk
+    offs_t = chunk * L + row_block * BT + tl.arange(0, BT)
+    offs_j0 = tl.arange(0, BT)
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    offs_vv = tl.arange(0, BV)
+    mask_k = offs_k < DQK
+    gate_base = pid_bh * NC * L
+    b_t = tl.load(B_gate + gate_base + offs_t)
+    m_t = tl.load(M_pos + gate_base + offs_t)
+    rden_t = tl.load(RDEN + gate_base + offs_t)
+    dden_t = tl.load(DDEN + gate_base + offs_t)
+    m_prev = tl.load(M_states + pid_bh * (NC + 1) + chunk)
+    k_base = K + b * s_kb + h * s_kh
+    v_base = V + b * s_vb + h * s_vh
+    dh_base = DH + b * s_db + h * s_dh
+
+    acc = tl.zeros((BT, BK), dtype=tl.float32)
+    c_base = C_states + (pid_bh * NC + chunk) * DQK * DV
+    for vv in range(0, DV, BV):
+        offs_v = vv + offs_vv
+        mask_v = offs_v < DV
+        dnum = tl.load(dh_base + offs_t[:, None] * s_ds + offs_v[None, :], mask=mask_v[None, :], other=0.0)
+        dnum = dnum.to(tl.float32) * rden_t[:, None]
+        c_tile = tl.load(c_base + offs_k[:, None] * DV + offs_v[None, :], mask=mask_k[:, None] & mask_v[None, :],
+                         other=0.0)
+        acc += _dot(dnum, tl.trans(c_tile), True) if IEEE else _dot(
+            dnum.to(K.dtype.element_ty), tl.trans(c_tile.to(K.dtype.element_ty)), False)
+    n_tile = tl.load(N_states + (pid_bh * NC + chunk) * DQK + offs_k, mask=mask_k, other=0.0)
+    acc += dden_t[:, None] * n_tile[None, :]
+    acc = acc * (tl.exp(b_t + m_prev - m_t) * scale)[:, None]
+
+    for col_block in range(0, row_block + 1):
+        offs_j = chunk * L + col_block * BT + offs_j0
+        dp = tl.zeros((BT, BT), dtype=tl.float32)
+        for vv in range(0, DV, BV):
+            offs_v = vv + offs_vv
+            mask_v = offs_v < DV
+            dh_tile = tl.load(dh_base + offs_t[:, None] * s_ds + offs_v[None, :], mask=mask_v[None, :], other=0.0)
+            v_tile = tl.load(v_base + offs_j[:, None] * s_vs + offs_v[None, :], mask=mask_v[None, :], other=0.0)
+            dp += _dot(dh_tile, tl.trans(v_tile), IEEE)
+        dp = dp * rden_t[:, None] + dden_t[:, None]
+        b_j = tl.load(B_gate + gate_base + offs_j)
+        i_j = tl.load(I_gate + gate_base + offs_j)
+        log_w = b_t[:, None] - b_j[None, :] + i_j[None, :] - m_t[:, None]
+        log_w = tl.where(offs_t[:, None] >= offs_j[None, :], log_w, float("-inf"))
+        k_tile = tl.load(k_base + offs_j[:, None] * s_ks + offs_k[None, :], mask=mask_k[None, :], other=0.0)
+        ds = dp * tl.exp(log_w) * scale
+        acc += _dot(ds.to(k_tile.dtype), k_tile, IEEE)
+    dq_base = DQ + b * s_qb + h * s_qh
+    tl.store(dq_base + offs_t[:, None] * s_qs + offs_k[None, :], acc.to(DQ.dtype.element_ty), mask=mask_k[None, :])
+
+
+@triton.jit
+def _bw_dk(
+    Q, K, V, DH, RDEN, DDEN, B_gate, I_gate, M_pos, M_states, DC_states, DN_states, DK,
+    s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_db, s_dh, s_ds,
+    scale,
+    NH: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
+):
+    """dk_j = scale sum_{t>=j} W_tj (dnum_t.v_j + dden_t) q_t + exp(g - b_j + i_j - m_k)(dC_k v_j + dn_k)."""
+    pid_bh, pid_c, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, h = pid_bh // NH, pid_bh % NH
+    blocks_per_chunk: tl.constexpr = L // BT
+    chunk, col_block = pid_c // blocks_per_chunk, pid_c % blocks_per_chunk
+    offs_j = chunk * L + col_block * BT + tl.arange(0, BT)
+    offs_t0 = tl.arange(0, BT)
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    offs_vv = tl.arange(0, BV)
+    mask_k = offs_k < DQK
+    gate_base = pid_bh * NC * L
+    b_j = tl.load(B_gate + gate_base + offs_j)
+    i_j = tl.load(I_gate + gate_base + offs_j)
+    g = tl.load(B_gate + gate_base + chunk * L + L - 1)
+    m_next = tl.load(M_states + pid_bh * (NC + 1) + chunk + 1)
+    q_base = Q + b * s_qb + h * s_qh
+    v_base = V + b * s_vb + h * s_vh
+    dh_base = DH + b * s_db + h * s_dh
+
+    acc = tl.zeros((BT, BK), dtype=tl.float32)
+    dc_base = DC_states + (pid_bh * NC + chunk) * DQK * DV
+    for vv in range(0, DV, BV):
+        offs_v = vv + offs_vv
+        mask_v = offs_v < DV
+        v_tile = tl.load(v_base + offs_j[:, None] * s_vs + offs_v[None, :], mask=mask_v[None, :], other=0.0)
+        dc_tile = tl.load(dc_base + offs_k[:, None] * DV + offs_v[None, :], mask=mask_k[:, None] & mask_v[None, :],
+                          other=0.0)
+        acc += _dot(v_tile.to(tl.float32), tl.trans(dc_tile), True) if IEEE else _dot(
+            v_tile, tl.trans(dc_tile.to(v_tile.dtype)), False)
+    dn_tile = tl.load(DN_states + (pid_bh * NC + chunk) * DQK + offs_k, mask=mask_k, other=0.0)
+    acc = (acc + dn_tile[None, :]) * tl.exp(g - b_j + i_j - m_next)[:, None]
+
+    for row_block in range(col_block, blocks_per_chunk):
+        offs_t = chunk * L + row_block * BT + offs_t0
+        dp = tl.zeros((BT, BT), dtype=tl.float32)  # [t, j]
+        for vv in range(0, DV, BV):
+            offs_v = vv + offs_vv
+            mask_v = offs_v < DV
+            dh_tile = tl.load(dh_base + offs_t[:, None] * s_ds + offs_v[None, :], mask=mask_v[None, :], other=0.0)
+            v_tile = tl.load(v_base + offs_j[:, None] * s_vs + offs_v[None, :], mask=mask_v[None, :], other=0.0)
+            dp += _dot(dh_tile, tl.trans(v_tile), IEEE)
+        b_t = tl.load(B_gate + gate_base + offs_t)
+        m_t = tl.load(M_pos + gate_base + offs_t)
+        dp = dp * tl.load(RDEN + gate_base + offs_t)[:, None] + tl.load(DDEN + gate_base + offs_t)[:, None]
+        log_w = b_t[:, None] - b_j[None, :] + i_j[None, :] - m_t[:, None]
+        log_w = tl.where(offs_t[:, None] >= offs_j[None, :], log_w, float("-inf"))
+        q_tile = tl.load(q_base + offs_t[:, None] * s_qs + offs_k[None, :], mask=mask_k[None, :], other=0.0)
+        ds = dp * tl.exp(log_w) * scale
+        acc += _dot(tl.trans(ds.to(q_tile.dtype)), q_tile, IEEE)
+    dk_base = DK + b * s_kb + h * s_kh
+    tl.store(dk_base + offs_j[:, None] * s_ks + offs_k[None, :], acc.to(DK.dtype.element_ty), mask=mask_k[None, :])
+
+
+@triton.jit
+def _bw_dv(
+    Q, K, DH, RDEN, B_gate, I_gate, M_pos, M_states, DC_states, DV_out,
+    s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_db, s_dh, s_ds, s_vb, s_vh, s_vs,
+    scale,
+    NH: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
+):
+    """dv_j = scale sum_{t>=j} W_tj (q_t.k_j) dnum_t + exp(g - b_j + i_j - m_k) dC_k^T k_j."""
+    pid_bh, pid_c, pid_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, h = pid_bh // NH, pid_bh % NH
+    blocks_per_chunk: tl.constexpr = L // BT
+    chunk, col_block = pid_c // blocks_per_chunk, pid_c % blocks_per_chunk
+    offs_j = chunk * L + col_block * BT + tl.arange(0, BT)
+    offs_t0 = tl.arange(0, BT)
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    offs_kk = tl.arange(0, BK)
+    mask_v = offs_v < DV
+    gate_base = pid_bh * NC * L
+    b_j = tl.load(B_gate + gate_base + offs_j)
+    i_j = tl.load(I_gate + gate_base + offs_j)
+    g = tl.load(B_gate + gate_base + chunk * L + L - 1)
+    m_next = tl.load(M_states + pid_bh * (NC + 1) + chunk + 1)
+    q_base = Q + b * s_qb + h * s_qh
+    k_base = K + b * s_kb + h * s_kh
+    dh_base = DH + b * s_db + h * s_dh
+
+    acc = tl.zeros((BT, BV), dtype=tl.float32)
+    dc_base = DC_states + (pid_bh * NC + chunk) * DQK * DV
+    for kk in range(0, DQK, BK):
+        offs_k = kk + offs_kk
+        mask_k = offs_k < DQK
+        k_tile = tl.load(k_base + offs_j[:, None] * s_ks + offs_k[None, :], mask=mask_k[None, :], other=0.0)
+        dc_tile = tl.load(dc_base + offs_k[:, None] * DV + offs_v[None, :], mask=mask_k[:, None] & mask_v[None, :],
+                          other=0.0)
+        acc += _dot(k_tile.to(tl.float32), dc_tile, True) if IEEE else _dot(k_tile, dc_tile.to(k_tile.dtype), False)
+    acc = acc * tl.exp(g - b_j + i_j - m_next)[:, None]
+
+    for row_block in range(col_block, blocks_per_chunk):
+        offs_t = chunk * L + row_block * BT + offs_t0
+        s = tl.zeros((BT, BT), dtype=tl.float32)  # [t, j]
+        for kk in range(0, DQK, BK):
+            offs_k = kk + offs_kk
+            mask_k = offs_k < DQK
+            q_tile = tl.load(q_base + offs_t[:, None] * s_qs + offs_k[None, :], mask=mask_k[None, :], other=0.0)
+            k_tile = tl.load(k_base + offs_j[:, None] * s_ks + offs_k[None, :], mask=mask_k[None, :], other=0.0)
+            s += _dot(q_tile, tl.trans(k_tile), IEEE)
+        b_t = tl.load(B_gate + gate_base + offs_t)
+        m_t = tl.load(M_pos + gate_base + offs_t)
+        log_w = b_t[:, None] - b_j[None, :] + i_j[None, :] - m_t[:, None]
+        log_w = tl.where(offs_t[:, None] >= offs_j[None, :], log_w, float("-inf"))
+        p = s * tl.exp(log_w) * scale * tl.load(RDEN + gate_base + offs_t)[:, None]
+        dh_tile = tl.load(dh_base + offs_t[:, None] * s_ds + offs_v[None, :], mask=mask_v[None, :], other=0.0)
+        acc += _dot(tl.trans(p.to(dh_tile.dtype)), dh_tile, IEEE)
+    dv_base = DV_out + b * s_vb + h * s_vh
+    tl.store(dv_base + offs_j[:, None] * s_vs + offs_v[None, :], acc.to(DV_out.dtype.element_ty),
+             mask=mask_v[None, :])
+
+
+@triton.jit
+def _step(
+    Q, K, V, I_gate, F_gate, C, N_old, M_old, N, M, H,
+    scale, eps,
+    DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    """One token: C, n, m updated in place, h returned. One program per (batch*head, v tile); every program reads
+    n and m from a snapshot (N_old, M_old), since the first one writes the new values in place."""
+    pid_bh, pid_v = tl.program_id(0), tl.program_id(1)
+    offs_k = tl.arange(0, BK)
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    mask_k, mask_v = offs_k < DQK, offs_v < DV
+    f = tl.load(F_gate + pid_bh).to(tl.float32)
+    i = tl.load(I_gate + pid_bh).to(tl.float32)
+    m = tl.load(M_old + pid_bh).to(tl.float32)
+    log_f = tl.minimum(f, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f)))  # logsigmoid, stable both ways
+    m_new = tl.maximum(log_f + m, i)
+    decay = tl.exp(log_f + m - m_new)
+    gain = tl.exp(i - m_new)
+    q = tl.load(Q + pid_bh * DQK + offs_k, mask=mask_k, other=0.0).to(tl.float32) * scale
+    k = tl.load(K + pid_bh * DQK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+    v = tl.load(V + pid_bh * DV + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+    n = tl.load(N_old + pid_bh * DQK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+    n = decay * n + gain * k
+    c_ptrs = C + pid_bh * DQK * DV + offs_k[:, None] * DV + offs_v[None, :]
+    mask_kv = mask_k[:, None] & mask_v[None, :]
+    c = tl.load(c_ptrs, mask=mask_kv, other=0.0).to(tl.float32)
+    c = decay * c + gain * k[:, None] * v[None, :]
+    tl.store(c_ptrs, c.to(C.dtype.element_ty), mask=mask_kv)
+    num = tl.sum(q[:, None] * c, axis=0)
+    den = tl.maximum(tl.abs(tl.sum(q * n, axis=0)), tl.exp(-m_new)) + eps
+    tl.store(H + pid_bh * DV + offs_v, (num / den).to(H.dtype.element_ty), mask=mask_v)
+    if pid_v == 0:
+        tl.store(N + pid_bh * DQK + offs_k, n.to(N.dtype.element_ty), mask=mask_k)
+        tl.store(M + pid_bh, m_new.to(M.dtype.element_ty))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Launchers
+# ------------------------------------------------------------------------------------------------------------------
+
+DEFAULT_CHUNK_SIZE = 128
+
+
+def _pow2(x: int, low: int = 16) -> int:
+    return max(low, triton.next_power_of_2(x))
+
+
+def _blocks(dqk: int, dv: int) -> dict:
+    return dict(BK=min(64, _pow2(dqk)), BV=min(64, _pow2(dv)))
+
+
+def _strides(x: torch.Tensor) -> tuple[int, int, int]:
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _gates(i: torch.Tensor, f: torch.Tensor, padded: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp32 (B*NH, S_pad) log forget gates, input gates, and their padded versions (pad: lf = 0, i = -inf)."""
+    B, NH, S = i.shape
+    log_f = F.pad(F.logsigmoid(f.float()), (0, padded - S))
+    i = F.pad(i.float(), (0, padded - S), value=float("-inf"))
+    return log_f.reshape(B * NH, padded), i.reshape(B * NH, padded)
+
+
+def _position_m(b_gate: torch.Tensor, i_gate: torch.Tensor, m_states: torch.Tensor, L: int) -> torch.Tensor:
+    """The exact recurrent stabiliser m_t: max(b_t + m_{k-1}, b_t + max_{j<=t in chunk}(i_j - b_j))."""
+    BH, S = b_gate.shape
+    b, i = b_gate.view(BH, -1, L), i_gate.view(BH, -1, L)
+    return (b + torch.maximum(m_states[:, :-1, None], torch.cummax(i - b, dim=-1).values)).view(BH, S)
+
+
+def _forward(q, k, v, i, f, initial_state, L, eps):
+    B, NH, S, DQK = q.shape
+    DV = v.shape[-1]
+    NC = triton.cdiv(S, L)
+    S_pad = NC * L
+    if S_pad != S:
+        q, k, v = (F.pad(x, (0, 0, 0, S_pad - S)) for x in (q, k, v))
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    log_f, i_gate = _gates(i, f, S_pad)
+    b_gate = log_f.view(B * NH, NC, L).cumsum(-1).view(B * NH, S_pad)
+    dev, f32 = q.device, torch.float32
+    ieee = q.dtype == torch.float32
+    C_states = torch.empty(B * NH, NC, DQK, DV, device=dev, dtype=f32)
+    N_states = torch.empty(B * NH, NC, DQK, device=dev, dtype=f32)
+    M_states = torch.empty(B * NH, NC + 1, device=dev, dtype=f32)
+    C_out = torch.empty(B, NH, DQK, DV, device=dev, dtype=f32)
+    N_out = torch.empty(B, NH, DQK, device=dev, dtype=f32)
+    M_out = torch.empty(B, NH, device=dev, dtype=f32)
+    has_initial = initial_state is not None
+    C0, N0, M0 = (s.float().contiguous() for s in initial_state) if has_initial else (C_out, N_out, M_out)
+    blocks = _blocks(DQK, DV)
+    grid = (B * NH, triton.cdiv(DQK, blocks["BK"]), triton.cdiv(DV, blocks["BV"]))
+    _fw_states[grid](
+        k, v, b_gate, i_gate, C0, N0, M0, C_states, N_states, M_states, C_out, N_out, M_out,
+        *_strides(k), *_strides(v),
+        NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, HAS_INITIAL=has_initial, IEEE=ieee, **blocks,
+    )
+    m_pos = _position_m(b_gate, i_gate, M_states, L)
+    h = torch.empty(B, NH, S_pad, DV, device=dev, dtype=v.dtype)
+    den = torch.empty(B * NH, S_pad, device=dev, dtype=f32)
+    BT = min(64, L)
+    grid = (B * NH, NC * (L // BT), triton.cdiv(DV, blocks["BV"]))
+    _fw_outputs[grid](
+        q, k, v, h, b_gate, i_gate, m_pos, C_states, N_states, M_states, den,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(h),
+        DQK**-0.5, eps,
+        NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, BT=BT, IEEE=ieee, **blocks,
+    )
+    saved = (q, k, v, h, log_f, b_gate, i_gate, m_pos, M_states, C_states, N_states, den, C_out, N_out, C0, N0, M0)
+    return h[:, :, :S], (C_out, N_out, M_out), saved
+
+
+def _max_chain_backward(dm, log_f, i_gate, m_pos, m0):
+    """Backward through m_t = max(lf_t + m_{t-1}, i_t): the forget branch passes dm_t on to m_{t-1}, the input
+    branch hands it to i_t. Vectorised as a reverse cumulative sum restarted at every input-branch position."""
+    BH, S = dm.shape
+    m_prev = torch.cat([m0.view(BH, 1), m_pos[:, :-1]], dim=1)
+    forget = (log_f + m_prev >= i_gate).to(dm.dtype)
+    reverse_cumsum = dm.flip(-1).cumsum(-1).flip(-1)
+    reverse_cumsum = torch.cat([reverse_cumsum, reverse_cumsum.new_zeros(BH, 1)], dim=1)
+    positions = torch.arange(S, device=dm.device).expand(BH, S)
+    restart = torch.where(forget == 0, positions, S)
+    # First restart strictly after t: a reverse cumulative minimum, shifted by one.
+    next_restart = torch.cat([restart[:, 1:], restart.new_full((BH, 1), S)], dim=1)
+    next_restart = next_restart.flip(-1).cummin(-1).values.flip(-1)
+    acc = reverse_cumsum[:, :S] - reverse_cumsum.gather(1, next_restart)
+    return acc * forget, acc * (1 - forget), acc[:, 0] * forget[:, 0]
+
+
+def _backward(saved, S, L, eps, dh, dC, dn, dm, need_initial):
+    q, k, v, h, log_f, b_gate, i_gate, m_pos, M_states, C_states, N_states, den_raw, C_out, N_out, C0, N0, M0 = saved
+    B, NH, S_pad, DQK = q.shape
+    DV = v.shape[-1]
+    NC = S_pad // L
+    dev, f32 = q.device, torch.float32
+    ieee = q.dtype == torch.float32
+    dh = torch.zeros_like(h) if dh is None else _last_dim_contiguous(F.pad(dh, (0, 0, 0, S_pad - S)).to(h.dtype))
+
+    # Denominator: den = max(|den_raw|, exp(-m)) + eps; h = num / den.
+    floor = torch.exp(-m_pos)
+    rden = 1.0 / (torch.maximum(den_raw.abs(), floor) + eps)
+    dden = -(dh.float() * h.float()).sum(-1).view(B * NH, S_pad) * rden
+    on_num = den_raw.abs() >= floor
+    dden_raw = torch.where(on_num, dden * torch.sign(den_raw), 0.0)
+    dm_direct = torch.where(on_num, 0.0, -dden * floor)
+
+    blocks = _blocks(DQK, DV)
+    DC_states = torch.empty(B * NH, NC, DQK, DV, device=dev, dtype=f32)
+    DN_states = torch.empty(B * NH, NC, DQK, device=dev, dtype=f32)
+    dC0 = torch.empty(B, NH, DQK, DV, device=dev, dtype=f32)
+    dN0 = torch.empty(B, NH, DQK, device=dev, dtype=f32)
+    has_final = dC is not None or dn is not None
+    dC_final = (dC if dC is not None else torch.zeros_like(C_out)).float().contiguous()
+    dn_final = (dn if dn is not None else torch.zeros_like(N_out)).float().contiguous()
+    scale = DQK**-0.5
+    grid = (B * NH, triton.cdiv(DQK, blocks["BK"]), triton.cdiv(DV, blocks["BV"]))
+    _bw_states[grid](
+        q, dh, rden, dden_raw, b_gate, m_pos, M_states, dC_final, dn_final, DC_states, DN_states, dC0, dN0,
+        *_strides(q), *_strides(dh), scale,
+        NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, HAS_FINAL_GRAD=has_final, IEEE=ieee, **blocks,
+    )
+    BT = min(64, L)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    common = dict(NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, BT=BT, IEEE=ieee, **blocks)
+    grid_k = (B * NH, NC * (L // BT), triton.cdiv(DQK, blocks["BK"]))
+    _bw_dq[grid_k](
+        q, k, v, dh, rden, dden_raw, b_gate, i_gate, m_pos, M_states, C_states, N_states, dq,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(dh), scale, **common,
+    )
+    _bw_dk[grid_k](
+        q, k, v, dh, rden, dden_raw, b_gate, i_gate, m_pos, M_states, DC_states, DN_states, dk,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(dh), scale, **common,
+    )
+    grid_v = (B * NH, NC * (L // BT), triton.cdiv(DV, blocks["BV"]))
+    _bw_dv[grid_v](
+        q, k, dh, rden, b_gate, i_gate, m_pos, M_states, DC_states, dv,
+        *_strides(q), *_strides(k), *_strides(dh), *_strides(v), scale, **common,
+    )
+
+    # Gate gradients from  sum_j dlogW_tj = q_t . dq_t  and  sum_t dlogW_tj = k_j . dk_j.
+    rowsum = (q.float() * dq.float()).sum(-1).view(B * NH, S_pad)
+    colsum = (k.float() * dk.float()).sum(-1).view(B * NH, S_pad)
+    if has_final:
+        final = (C_out * dC_final).sum((-2, -1)) + (N_out * dn_final).sum(-1)
+        rowsum[:, -1] += final.view(B * NH)
+    d_m = dm_direct - rowsum
+    if dm is not None:
+        d_m[:, -1] += dm.float().reshape(B * NH)
+    d_log_f_chain, d_i_chain, dm0_chain = _max_chain_backward(d_m, log_f, i_gate, m_pos, M0.reshape(-1)
+                                                              if need_initial else torch.zeros_like(d_m[:, 0]))
+    d_b = rowsum - colsum
+    d_log_f = d_b.flip(-1).cumsum(-1).flip(-1) + d_log_f_chain
+    d_i = colsum + d_i_chain
+    grads = [dq[:, :, :S], dk[:, :, :S], dv[:, :, :S], d_i.view(B, NH, S_pad)[..., :S],
+             d_log_f.view(B, NH, S_pad)[..., :S]]
+    initial_grads = None
+    if need_initial:
+        dm0 = (C0 * dC0).sum((-2, -1)) + (N0 * dN0).sum(-1) + dm0_chain.view(B, NH)
+        initial_grads = (dC0, dN0, dm0)
+    return grads, initial_grads
+
+
+class _MLSTMChunkwise(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, chunk_size, eps):
+        initial = (C0, n0, m0) if C0 is not None else None
+        h, (C, n, m), saved = _forward(q, k, v, i, f, initial, chunk_size, eps)
+        ctx.save_for_backward(f, *saved)
+        ctx.meta = (q.shape[2], chunk_size, eps, initial is not None,
+                    [x.dtype for x in (q, k, v, i, f)], [x.dtype for x in initial] if initial else None)
+        return h, C, n, m
+
+    @staticmethod
+    def backward(ctx, dh, dC, dn, dm):
+        f, *saved = ctx.saved_tensors
+        S, L, eps, has_initial, dtypes, initial_dtypes = ctx.meta
+        grads, initial_grads = _backward(saved, S, L, eps, dh, dC, dn, dm, has_initial)
+        dq, dk, dv, di, d_log_f = grads
+        df = d_log_f * torch.sigmoid(-f.float())
+        out = [g.to(dt) for g, dt in zip((dq, dk, dv, di, df), dtypes)]
+        if has_initial:
+            out += [g.to(dt) for g, dt in zip(initial_grads, initial_dtypes)]
+        else:
+            out += [None, None, None]
+        return (*out, None, None)
+
+
+def mlstm_chunkwise_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    initial_state: MLSTMState | None = None,
+    chunk_size: int | None = None,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, MLSTMState]:
+    """Chunkwise mLSTM on Triton, with autograd. Same arguments and results as
+    :func:`xlstm_hf.kernels.mlstm_torch.mlstm_chunkwise`; `chunk_size` (a power of two >= 16) is the kernels'
+    own (default 128)."""
+    L = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
+    if L < 16 or L & (L - 1):
+        raise ValueError(f"chunk_size must be a power of two >= 16 for the Triton kernels, got {L}")
+    L = min(L, _pow2(q.shape[2]))  # a short sequence needs no long chunk
+    C0, n0, m0 = initial_state if initial_state is not None else (None, None, None)
+    h, C, n, m = _MLSTMChunkwise.apply(q, k, v, i, f, C0, n0, m0, L, eps)
+    return h, (C, n, m)
+
+
+def mlstm_step_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    state: MLSTMState,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, MLSTMState]:
+    """One recurrent step, fused: updates the state tensors (C, n, m) in place and returns (h, state).
+
+    q, k: (B, NH, DQK); v: (B, NH, DV); i, f: (B, NH); the state contiguous, in float32 or bfloat16.
+    """
+    C, n, m = state
+    B, NH, DQK = q.shape
+    DV = v.shape[-1]
+    if not (C.is_contiguous() and n.is_contiguous() and m.is_contiguous()):
+        raise ValueError("mlstm_step_triton updates the state in place: C, n and m must be contiguous")
+    q, k, v, i, f = (x.contiguous() for x in (q, k, v, i, f))
+    h = torch.empty_like(v)
+    BV = min(64, _pow2(DV))
+    _step[(B * NH, triton.cdiv(DV, BV))](
+        q, k, v, i, f, C, n.clone(), m.clone(), n, m, h, DQK**-0.5, eps,
+        DQK=DQK, DV=DV, BK=_pow2(DQK), BV=BV,
+    )
+    return h, (C, n, m)
