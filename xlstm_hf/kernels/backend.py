@@ -94,8 +94,10 @@ def requested_backend(preference: str | None = None) -> str:
 def resolve_backend(device: torch.device | str, preference: str | None = None) -> str:
     """The backend that will run on `device`: "torch" or "triton"."""
     requested = requested_backend(preference)
-    # Triton's interpreter (TRITON_INTERPRET=1) runs the kernels on CPU tensors: slow, for tests, on request only.
-    interpreted = requested == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
+    # Triton's interpreter (TRITON_INTERPRET=1) runs the kernels on CPU tensors: slow, for tests, and only when
+    # asked for explicitly (Python or environment), never because a loaded config names a Triton kernel.
+    explicit = _override is not None or bool(os.environ.get(ENV_VAR))
+    interpreted = explicit and requested == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
     usable = (torch.device(device).type == "cuda" or interpreted) and triton_available()
     if requested == "triton" and not usable:
         _log_once(f"mLSTM kernels: Triton requested but not usable on {device}; using the PyTorch reference.",

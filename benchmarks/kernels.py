@@ -1,0 +1,154 @@
+"""mLSTM kernel benchmark: one 7B layer (B 1, 8 heads, q/k dim 256, v dim 512, bf16), side by side in one run.
+
+Forward and forward+backward of the chunkwise kernels at several lengths, against `mlstm_kernels` (triton_limit_chunk,
+triton_xl_chunk) when it imports and torch SDPA flash attention of a Llama-2-7B layer (32 heads of 128, causal);
+then the fused recurrent step at several batch sizes against mlstm_kernels' Triton step and the PyTorch reference.
+Median times from `triton.testing.do_bench`. Needs a CUDA GPU.
+
+    python benchmarks/kernels.py --help
+    python benchmarks/kernels.py --out results/kernels.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--dqk", type=int, default=256)
+    parser.add_argument("--dv", type=int, default=512)
+    parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[128], help="our kernels' chunk sizes to time")
+    parser.add_argument("--step-batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--no-backward", action="store_true", help="forward only")
+    parser.add_argument("--out", help="write the results as JSON here")
+    return parser.parse_args(argv)
+
+
+def bench(fn: Callable[[], object], grad_to_none=None) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
+
+
+def gate_inputs(B, NH, S, DQK, DV, dtype, requires_grad):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    rand = lambda *shape: torch.randn(*shape, device="cuda", generator=gen)  # noqa: E731
+    q, k, v = rand(B, NH, S, DQK).to(dtype), rand(B, NH, S, DQK).to(dtype), rand(B, NH, S, DV).to(dtype)
+    i, f = (3 * rand(B, NH, S) - 2).to(dtype), (3 * rand(B, NH, S) + 3).to(dtype)
+    return [x.requires_grad_(requires_grad) for x in (q, k, v, i, f)]
+
+
+def sequence_variants(args) -> dict[str, Callable]:
+    from xlstm_hf.kernels.mlstm_triton import mlstm_chunkwise_triton
+
+    variants = {f"xlstm_hf L={L}": (lambda L: lambda q, k, v, i, f: mlstm_chunkwise_triton(q, k, v, i, f, chunk_size=L)[0])(L)
+                for L in args.chunk_sizes}
+    try:
+        from mlstm_kernels.torch import get_mlstm_kernel
+
+        for name, chunk in (("triton_limit_chunk", 64), ("triton_xl_chunk", 128)):
+            kernel = get_mlstm_kernel(f"chunkwise--{name}")
+            variants[f"mlstm_kernels {name}"] = (lambda kernel, chunk: lambda q, k, v, i, f: kernel(
+                q, k, v, i, f, chunk_size=chunk, autocast_kernel_dtype=torch.bfloat16))(kernel, chunk)
+    except Exception as error:  # noqa: BLE001  (an optional peer)
+        print(f"mlstm_kernels not usable here: {error!r}", file=sys.stderr)
+    return variants
+
+
+def time_sequence(args) -> list[dict]:
+    rows = []
+    variants = sequence_variants(args)
+    B, NH, DQK, DV = args.batch, args.heads, args.dqk, args.dv
+    for S in args.lengths:
+        reference = None
+        for name, fn in variants.items():
+            inputs = gate_inputs(B, NH, S, DQK, DV, torch.bfloat16, requires_grad=not args.no_backward)
+            with torch.no_grad():
+                out = fn(*inputs)
+            reference = out.float() if reference is None else reference
+            row = dict(kind="sequence", name=name, S=S, fw_ms=bench(lambda: fn(*inputs)),
+                       max_abs_diff_vs_first=(out.float() - reference).abs().max().item())
+            if not args.no_backward:
+                grad = torch.randn_like(out)
+                row["fwbw_ms"] = bench(lambda: fn(*inputs).backward(grad), grad_to_none=inputs)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        # A Llama-2-7B attention layer: 32 heads of 128, causal, flash kernel.
+        q, k, v = (torch.randn(B, 32, S, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                   for _ in range(3))
+        sdpa = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+            row = dict(kind="sequence", name="SDPA flash, Llama-2 layer", S=S, fw_ms=bench(sdpa))
+            if not args.no_backward:
+                grad = torch.randn(B, 32, S, 128, device="cuda", dtype=torch.bfloat16)
+                row["fwbw_ms"] = bench(lambda: sdpa().backward(grad), grad_to_none=[q, k, v])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def time_step(args) -> list[dict]:
+    from xlstm_hf.kernels import mlstm_recurrent_step
+    from xlstm_hf.kernels.mlstm_triton import mlstm_step_triton
+
+    rows = []
+    NH, DQK, DV = args.heads, args.dqk, args.dv
+    for B in args.step_batches:
+        q, k, v, i, f = (x[:, :, 0].contiguous() for x in gate_inputs(B, NH, 1, DQK, DV, torch.bfloat16, False))
+        state = [torch.zeros(B, NH, DQK, DV, device="cuda"), torch.zeros(B, NH, DQK, device="cuda"),
+                 torch.zeros(B, NH, device="cuda")]
+        variants = {
+            "xlstm_hf step": lambda: mlstm_step_triton(q, k, v, i, f, state),
+            "torch reference step": lambda: mlstm_recurrent_step(q, k, v, i, f, state),
+        }
+        try:
+            from mlstm_kernels.torch.recurrent.triton_step import mlstm_recurrent_step__triton
+
+            m1 = state[2][..., None].clone()
+            variants["mlstm_kernels triton step"] = lambda: mlstm_recurrent_step__triton(
+                q, k, v, i[..., None], f[..., None], state[0], state[1], m1)
+        except Exception as error:  # noqa: BLE001
+            print(f"mlstm_kernels step not usable here: {error!r}", file=sys.stderr)
+        for name, fn in variants.items():
+            row = dict(kind="step", name=name, B=B, us=1000 * bench(fn))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| kernel | S | fw ms | fw+bw ms |", "|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['S']} | {r['fw_ms']:.3f} | {r.get('fwbw_ms', float('nan')):.3f} |"
+              for r in rows if r["kind"] == "sequence"]
+    lines += ["", "| step kernel | batch | µs per layer |", "|---|---|---|"]
+    lines += [f"| {r['name']} | {r['B']} | {r['us']:.1f} |" for r in rows if r["kind"] == "step"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/kernels.py needs a CUDA GPU")
+    import triton
+
+    info = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__)
+    print(json.dumps(info))
+    rows = time_sequence(args) + time_step(args)
+    print(table(rows))
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(dict(info=info, args=vars(args), rows=rows), handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
