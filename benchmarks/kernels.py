@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 
@@ -30,7 +31,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[128], help="our kernels' chunk sizes to time")
     parser.add_argument("--step-batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--no-backward", action="store_true", help="forward only")
+    parser.add_argument("--profile", action="store_true", help="per-kernel times of our fw+bw at the longest S")
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--only", help=argparse.SUPPRESS)  # internal: time one variant in this process
     return parser.parse_args(argv)
 
 
@@ -56,45 +59,86 @@ def sequence_variants(args) -> dict[str, Callable]:
     try:
         from mlstm_kernels.torch import get_mlstm_kernel
 
-        for name, chunk in (("triton_limit_chunk", 64), ("triton_xl_chunk", 128)):
+        for name, chunk in (("triton_limit_chunk", 64), ("triton_xl_chunk", 128), ("triton_xl_chunk", 64)):
             kernel = get_mlstm_kernel(f"chunkwise--{name}")
-            variants[f"mlstm_kernels {name}"] = (lambda kernel, chunk: lambda q, k, v, i, f: kernel(
+            variants[f"mlstm_kernels {name} L={chunk}"] = (lambda kernel, chunk: lambda q, k, v, i, f: kernel(
                 q, k, v, i, f, chunk_size=chunk, autocast_kernel_dtype=torch.bfloat16))(kernel, chunk)
     except Exception as error:  # noqa: BLE001  (an optional peer)
         print(f"mlstm_kernels not usable here: {error!r}", file=sys.stderr)
     return variants
 
 
-def time_sequence(args) -> list[dict]:
-    rows = []
-    variants = sequence_variants(args)
+def time_variant(args, name: str) -> list[dict]:
+    """Time one variant at every length (run in its own process: a peer's compiler abort must not end the run)."""
+    from xlstm_hf.kernels import mlstm_chunkwise
+
+    fn = sequence_variants(args)[name]
     B, NH, DQK, DV = args.batch, args.heads, args.dqk, args.dv
+    rows = []
     for S in args.lengths:
-        reference = None
-        for name, fn in variants.items():
-            inputs = gate_inputs(B, NH, S, DQK, DV, torch.bfloat16, requires_grad=not args.no_backward)
+        inputs = gate_inputs(B, NH, S, DQK, DV, torch.bfloat16, requires_grad=not args.no_backward)
+        with torch.no_grad():
+            out = fn(*inputs)
+        row = dict(kind="sequence", name=name, S=S, fw_ms=bench(lambda: fn(*inputs)))
+        if S == min(args.lengths):  # accuracy against the float64 reference, one head
             with torch.no_grad():
-                out = fn(*inputs)
-            reference = out.float() if reference is None else reference
-            row = dict(kind="sequence", name=name, S=S, fw_ms=bench(lambda: fn(*inputs)),
-                       max_abs_diff_vs_first=(out.float() - reference).abs().max().item())
-            if not args.no_backward:
-                grad = torch.randn_like(out)
-                row["fwbw_ms"] = bench(lambda: fn(*inputs).backward(grad), grad_to_none=inputs)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-        # A Llama-2-7B attention layer: 32 heads of 128, causal, flash kernel.
-        q, k, v = (torch.randn(B, 32, S, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                ref, _ = mlstm_chunkwise(*(x[:, :1].double() for x in inputs), chunk_size=64)
+            row["rel_err_vs_fp64"] = ((out[:, :1].double() - ref).abs().max() / ref.abs().max()).item()
+        if not args.no_backward:
+            grad = torch.randn_like(out)
+            row["fwbw_ms"] = bench(lambda: fn(*inputs).backward(grad), grad_to_none=inputs)
+        rows.append(row)
+    return rows
+
+
+def time_sdpa(args) -> list[dict]:
+    """A Llama-2-7B attention layer: 32 heads of 128, causal, the flash kernel."""
+    rows = []
+    for S in args.lengths:
+        q, k, v = (torch.randn(args.batch, 32, S, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                    for _ in range(3))
         sdpa = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
             row = dict(kind="sequence", name="SDPA flash, Llama-2 layer", S=S, fw_ms=bench(sdpa))
             if not args.no_backward:
-                grad = torch.randn(B, 32, S, 128, device="cuda", dtype=torch.bfloat16)
+                grad = torch.randn_like(q)
                 row["fwbw_ms"] = bench(lambda: sdpa().backward(grad), grad_to_none=[q, k, v])
         rows.append(row)
-        print(json.dumps(row), flush=True)
     return rows
+
+
+def time_sequence(args, argv) -> list[dict]:
+    rows = []
+    for name in sequence_variants(args):
+        run = subprocess.run([sys.executable, __file__, *argv, "--only", name], capture_output=True, text=True)
+        if run.returncode:
+            print(f"{name}: failed (exit {run.returncode}): {run.stderr.strip().splitlines()[-1:]}", flush=True)
+            rows += [dict(kind="sequence", name=name, S=S, failed=run.stderr.strip().splitlines()[-1:])
+                     for S in args.lengths]
+            continue
+        for line in run.stdout.splitlines():
+            rows.append(json.loads(line))
+            print(line, flush=True)
+    rows += time_sdpa(args)
+    return rows
+
+
+def profile_ours(args) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from xlstm_hf.kernels.mlstm_triton import mlstm_chunkwise_triton
+
+    S, L = max(args.lengths), args.chunk_sizes[0]
+    inputs = gate_inputs(args.batch, args.heads, S, args.dqk, args.dv, torch.bfloat16, requires_grad=True)
+    step = lambda: mlstm_chunkwise_triton(*inputs, chunk_size=L)[0].sum().backward()  # noqa: E731
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    print(f"profile: fw+bw, S={S}, L={L}, 3 calls")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
 
 
 def time_step(args) -> list[dict]:
@@ -127,23 +171,36 @@ def time_step(args) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| kernel | S | fw ms | fw+bw ms |", "|---|---|---|---|"]
-    lines += [f"| {r['name']} | {r['S']} | {r['fw_ms']:.3f} | {r.get('fwbw_ms', float('nan')):.3f} |"
-              for r in rows if r["kind"] == "sequence"]
+    lines = ["| kernel | S | fw ms | fw+bw ms | rel. error vs fp64 |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r["kind"] != "sequence":
+            continue
+        if "failed" in r:
+            lines.append(f"| {r['name']} | {r['S']} | failed | failed | {r['failed']} |")
+            continue
+        err = f"{r['rel_err_vs_fp64']:.1e}" if "rel_err_vs_fp64" in r else ""
+        lines.append(f"| {r['name']} | {r['S']} | {r['fw_ms']:.3f} | {r.get('fwbw_ms', float('nan')):.3f} | {err} |")
     lines += ["", "| step kernel | batch | µs per layer |", "|---|---|---|"]
     lines += [f"| {r['name']} | {r['B']} | {r['us']:.1f} |" for r in rows if r["kind"] == "step"]
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/kernels.py needs a CUDA GPU")
+    if args.only:
+        for row in time_variant(args, args.only):
+            print(json.dumps(row), flush=True)
+        return
     import triton
 
     info = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__)
     print(json.dumps(info))
-    rows = time_sequence(args) + time_step(args)
+    rows = time_sequence(args, argv) + time_step(args)
+    if args.profile:
+        profile_ours(args)
     print(table(rows))
     if args.out:
         with open(args.out, "w") as handle:

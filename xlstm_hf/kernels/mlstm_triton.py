@@ -214,7 +214,7 @@ def _bw_states(
 
 @triton.jit
 def _bw_dq(
-    Q, K, V, DH, RDEN, DDEN, B_gate, I_gate, M_pos, M_states, C_states, N_states, DQ,
+    Q, K, V, DH, RDEN, DDEN, B_gate, I_gate, M_pos, M_states, C_states, N_states, DQ, ROWSUM,
     s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_db, s_dh, s_ds,
     scale,
     NH: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
@@ -274,11 +274,17 @@ def _bw_dq(
         acc += _dot(ds.to(k_tile.dtype), k_tile, IEEE)
     dq_base = DQ + b * s_qb + h * s_qh
     tl.store(dq_base + offs_t[:, None] * s_qs + offs_k[None, :], acc.to(DQ.dtype.element_ty), mask=mask_k[None, :])
+    # q_t . dq_t in fp32, before dq is rounded to the input dtype: the gate gradients come from its difference
+    # with k_t . dk_t, which would cancel away bf16's few digits.
+    q_tile = tl.load(Q + b * s_qb + h * s_qh + offs_t[:, None] * s_qs + offs_k[None, :], mask=mask_k[None, :],
+                     other=0.0)
+    tl.store(ROWSUM + (pid_k * tl.num_programs(0) + pid_bh) * NC * L + offs_t,
+             tl.sum(q_tile.to(tl.float32) * acc, axis=1))
 
 
 @triton.jit
 def _bw_dk(
-    Q, K, V, DH, RDEN, DDEN, B_gate, I_gate, M_pos, M_states, DC_states, DN_states, DK,
+    Q, K, V, DH, RDEN, DDEN, B_gate, I_gate, M_pos, M_states, DC_states, DN_states, DK, COLSUM,
     s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_db, s_dh, s_ds,
     scale,
     NH: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
@@ -335,6 +341,10 @@ def _bw_dk(
         acc += _dot(tl.trans(ds.to(q_tile.dtype)), q_tile, IEEE)
     dk_base = DK + b * s_kb + h * s_kh
     tl.store(dk_base + offs_j[:, None] * s_ks + offs_k[None, :], acc.to(DK.dtype.element_ty), mask=mask_k[None, :])
+    k_tile = tl.load(K + b * s_kb + h * s_kh + offs_j[:, None] * s_ks + offs_k[None, :], mask=mask_k[None, :],
+                     other=0.0)
+    tl.store(COLSUM + (pid_k * tl.num_programs(0) + pid_bh) * NC * L + offs_j,
+             tl.sum(k_tile.to(tl.float32) * acc, axis=1))
 
 
 @triton.jit
@@ -566,12 +576,14 @@ def _backward(saved, S, L, eps, dh, dC, dn, dm, need_initial):
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     common = dict(NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, BT=BT, IEEE=ieee, **blocks)
     grid_k = (B * NH, NC * (L // BT), triton.cdiv(DQK, blocks["BK"]))
+    rowsum = torch.empty(grid_k[2], B * NH, S_pad, device=dev, dtype=f32)  # per q/k-dim tile, summed below
+    colsum = torch.empty_like(rowsum)
     _bw_dq[grid_k](
-        q, k, v, dh, rden, dden_raw, b_gate, i_gate, m_pos, M_states, C_states, N_states, dq,
+        q, k, v, dh, rden, dden_raw, b_gate, i_gate, m_pos, M_states, C_states, N_states, dq, rowsum,
         *_strides(q), *_strides(k), *_strides(v), *_strides(dh), scale, **common,
     )
     _bw_dk[grid_k](
-        q, k, v, dh, rden, dden_raw, b_gate, i_gate, m_pos, M_states, DC_states, DN_states, dk,
+        q, k, v, dh, rden, dden_raw, b_gate, i_gate, m_pos, M_states, DC_states, DN_states, dk, colsum,
         *_strides(q), *_strides(k), *_strides(v), *_strides(dh), scale, **common,
     )
     grid_v = (B * NH, NC * (L // BT), triton.cdiv(DV, blocks["BV"]))
@@ -581,8 +593,7 @@ def _backward(saved, S, L, eps, dh, dC, dn, dm, need_initial):
     )
 
     # Gate gradients from  sum_j dlogW_tj = q_t . dq_t  and  sum_t dlogW_tj = k_j . dk_j.
-    rowsum = (q.float() * dq.float()).sum(-1).view(B * NH, S_pad)
-    colsum = (k.float() * dk.float()).sum(-1).view(B * NH, S_pad)
+    rowsum, colsum = rowsum.sum(0), colsum.sum(0)
     if has_final:
         final = (C_out * dC_final).sum((-2, -1)) + (N_out * dn_final).sum(-1)
         rowsum[:, -1] += final.view(B * NH)
