@@ -17,6 +17,8 @@ untouched). Per (batch, head):
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -450,24 +452,68 @@ def _step(
 DEFAULT_CHUNK_SIZE = 128
 
 
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """Block sizes and launch settings. `state_*`: the recurrent kernels (forward and backward), `out_*`: the
+    forward's output kernel, `grad_*`: the dq/dk/dv kernels. Block sizes are capped to the head dims."""
+
+    state_bk: int = 64
+    state_bv: int = 64
+    state_warps: int = 4
+    state_stages: int = 2
+    out_bt: int = 64
+    out_bk: int = 64
+    out_bv: int = 128
+    out_warps: int = 8
+    out_stages: int = 2
+    grad_bt: int = 64
+    grad_bk: int = 64
+    grad_bv: int = 64
+    grad_warps: int = 4
+    grad_stages: int = 2
+
+
+TILING = Tiling()
+
+
 def _pow2(x: int, low: int = 16) -> int:
     return max(low, triton.next_power_of_2(x))
 
 
-def _blocks(dqk: int, dv: int) -> dict:
-    return dict(BK=min(64, _pow2(dqk)), BV=min(64, _pow2(dv)))
+def _fit(block: int, dim: int) -> int:
+    return min(block, _pow2(dim))
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
 
 
-def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+def _prepare(x: torch.Tensor, padded: int) -> torch.Tensor:
+    """Pad the sequence dim to `padded` (zeros) and make the last dim contiguous, copying only when needed."""
+    if x.shape[2] != padded:
+        x = F.pad(x, (0, 0, 0, padded - x.shape[2]))
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _gates(i: torch.Tensor, f: torch.Tensor, padded: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """fp32 (B*NH, S_pad) log forget gates, input gates, and their padded versions (pad: lf = 0, i = -inf)."""
+@triton.jit
+def _row_dot(X, Y, OUT, s_xb, s_xh, s_xs, s_yb, s_yh, s_ys, S, NH: tl.constexpr, D: tl.constexpr,
+             BR: tl.constexpr, BD: tl.constexpr):
+    """OUT[bh, s] = sum_d X[b, h, s, d] * Y[b, h, s, d], accumulated in fp32."""
+    pid_bh, pid_r = tl.program_id(0), tl.program_id(1)
+    b, h = pid_bh // NH, pid_bh % NH
+    rows = pid_r * BR + tl.arange(0, BR)
+    acc = tl.zeros((BR,), dtype=tl.float32)
+    for dd in range(0, D, BD):
+        cols = dd + tl.arange(0, BD)
+        mask = (rows[:, None] < S) & (cols[None, :] < D)
+        x = tl.load(X + b * s_xb + h * s_xh + rows[:, None] * s_xs + cols[None, :], mask=mask, other=0.0)
+        y = tl.load(Y + b * s_yb + h * s_yh + rows[:, None] * s_ys + cols[None, :], mask=mask, other=0.0)
+        acc += tl.sum(x.to(tl.float32) * y.to(tl.float32), axis=1)
+    tl.store(OUT + pid_bh * S + rows, acc, mask=rows < S)
+
+
+def _gates(i: torch.Tensor, f: torch.Tensor, padded: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 (B*NH, S_pad) log forget gates and input gates, padded with lf = 0, i = -inf."""
     B, NH, S = i.shape
     log_f = F.pad(F.logsigmoid(f.float()), (0, padded - S))
     i = F.pad(i.float(), (0, padded - S), value=float("-inf"))
@@ -481,19 +527,18 @@ def _position_m(b_gate: torch.Tensor, i_gate: torch.Tensor, m_states: torch.Tens
     return (b + torch.maximum(m_states[:, :-1, None], torch.cummax(i - b, dim=-1).values)).view(BH, S)
 
 
-def _forward(q, k, v, i, f, initial_state, L, eps):
+def _forward(q, k, v, i, f, initial_state, L, eps, tiling: Tiling):
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     NC = triton.cdiv(S, L)
     S_pad = NC * L
-    if S_pad != S:
-        q, k, v = (F.pad(x, (0, 0, 0, S_pad - S)) for x in (q, k, v))
-    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    q, k, v = (_prepare(x, S_pad) for x in (q, k, v))
     log_f, i_gate = _gates(i, f, S_pad)
     b_gate = log_f.view(B * NH, NC, L).cumsum(-1).view(B * NH, S_pad)
     dev, f32 = q.device, torch.float32
     ieee = q.dtype == torch.float32
-    C_states = torch.empty(B * NH, NC, DQK, DV, device=dev, dtype=f32)
+    # Chunk states in the input dtype: the dots that read them run in that dtype anyway (fp32 inputs: fp32).
+    C_states = torch.empty(B * NH, NC, DQK, DV, device=dev, dtype=q.dtype)
     N_states = torch.empty(B * NH, NC, DQK, device=dev, dtype=f32)
     M_states = torch.empty(B * NH, NC + 1, device=dev, dtype=f32)
     C_out = torch.empty(B, NH, DQK, DV, device=dev, dtype=f32)
@@ -501,23 +546,23 @@ def _forward(q, k, v, i, f, initial_state, L, eps):
     M_out = torch.empty(B, NH, device=dev, dtype=f32)
     has_initial = initial_state is not None
     C0, N0, M0 = (s.float().contiguous() for s in initial_state) if has_initial else (C_out, N_out, M_out)
-    blocks = _blocks(DQK, DV)
-    grid = (B * NH, triton.cdiv(DQK, blocks["BK"]), triton.cdiv(DV, blocks["BV"]))
-    _fw_states[grid](
+    BK, BV = _fit(tiling.state_bk, DQK), _fit(tiling.state_bv, DV)
+    _fw_states[(B * NH, triton.cdiv(DQK, BK), triton.cdiv(DV, BV))](
         k, v, b_gate, i_gate, C0, N0, M0, C_states, N_states, M_states, C_out, N_out, M_out,
         *_strides(k), *_strides(v),
-        NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, HAS_INITIAL=has_initial, IEEE=ieee, **blocks,
+        NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_INITIAL=has_initial, IEEE=ieee,
+        num_warps=tiling.state_warps, num_stages=tiling.state_stages,
     )
     m_pos = _position_m(b_gate, i_gate, M_states, L)
     h = torch.empty(B, NH, S_pad, DV, device=dev, dtype=v.dtype)
     den = torch.empty(B * NH, S_pad, device=dev, dtype=f32)
-    BT = min(64, L)
-    grid = (B * NH, NC * (L // BT), triton.cdiv(DV, blocks["BV"]))
-    _fw_outputs[grid](
+    BT, BK, BV = min(tiling.out_bt, L), _fit(tiling.out_bk, DQK), _fit(tiling.out_bv, DV)
+    _fw_outputs[(B * NH, NC * (L // BT), triton.cdiv(DV, BV))](
         q, k, v, h, b_gate, i_gate, m_pos, C_states, N_states, M_states, den,
         *_strides(q), *_strides(k), *_strides(v), *_strides(h),
         DQK**-0.5, eps,
-        NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, BT=BT, IEEE=ieee, **blocks,
+        NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, BT=BT, BK=BK, BV=BV, IEEE=ieee,
+        num_warps=tiling.out_warps, num_stages=tiling.out_stages,
     )
     saved = (q, k, v, h, log_f, b_gate, i_gate, m_pos, M_states, C_states, N_states, den, C_out, N_out, C0, N0, M0)
     return h[:, :, :S], (C_out, N_out, M_out), saved
@@ -540,25 +585,27 @@ def _max_chain_backward(dm, log_f, i_gate, m_pos, m0):
     return acc * forget, acc * (1 - forget), acc[:, 0] * forget[:, 0]
 
 
-def _backward(saved, S, L, eps, dh, dC, dn, dm, need_initial):
+def _backward(saved, S, L, eps, dh, dC, dn, dm, need_initial, tiling: Tiling):
     q, k, v, h, log_f, b_gate, i_gate, m_pos, M_states, C_states, N_states, den_raw, C_out, N_out, C0, N0, M0 = saved
     B, NH, S_pad, DQK = q.shape
     DV = v.shape[-1]
     NC = S_pad // L
     dev, f32 = q.device, torch.float32
     ieee = q.dtype == torch.float32
-    dh = torch.zeros_like(h) if dh is None else _last_dim_contiguous(F.pad(dh, (0, 0, 0, S_pad - S)).to(h.dtype))
+    dh = torch.zeros_like(h) if dh is None else _prepare(dh.to(h.dtype), S_pad)
 
     # Denominator: den = max(|den_raw|, exp(-m)) + eps; h = num / den.
     floor = torch.exp(-m_pos)
     rden = 1.0 / (torch.maximum(den_raw.abs(), floor) + eps)
-    dden = -(dh.float() * h.float()).sum(-1).view(B * NH, S_pad) * rden
+    dh_dot_h = torch.empty(B * NH, S_pad, device=dev, dtype=f32)
+    _row_dot[(B * NH, triton.cdiv(S_pad, 64))](dh, h, dh_dot_h, *_strides(dh), *_strides(h), S_pad, NH=NH, D=DV,
+                                               BR=64, BD=_fit(128, DV))
+    dden = -dh_dot_h * rden
     on_num = den_raw.abs() >= floor
     dden_raw = torch.where(on_num, dden * torch.sign(den_raw), 0.0)
     dm_direct = torch.where(on_num, 0.0, -dden * floor)
 
-    blocks = _blocks(DQK, DV)
-    DC_states = torch.empty(B * NH, NC, DQK, DV, device=dev, dtype=f32)
+    DC_states = torch.empty(B * NH, NC, DQK, DV, device=dev, dtype=q.dtype)
     DN_states = torch.empty(B * NH, NC, DQK, device=dev, dtype=f32)
     dC0 = torch.empty(B, NH, DQK, DV, device=dev, dtype=f32)
     dN0 = torch.empty(B, NH, DQK, device=dev, dtype=f32)
@@ -566,16 +613,18 @@ def _backward(saved, S, L, eps, dh, dC, dn, dm, need_initial):
     dC_final = (dC if dC is not None else torch.zeros_like(C_out)).float().contiguous()
     dn_final = (dn if dn is not None else torch.zeros_like(N_out)).float().contiguous()
     scale = DQK**-0.5
-    grid = (B * NH, triton.cdiv(DQK, blocks["BK"]), triton.cdiv(DV, blocks["BV"]))
-    _bw_states[grid](
+    BK, BV = _fit(tiling.state_bk, DQK), _fit(tiling.state_bv, DV)
+    _bw_states[(B * NH, triton.cdiv(DQK, BK), triton.cdiv(DV, BV))](
         q, dh, rden, dden_raw, b_gate, m_pos, M_states, dC_final, dn_final, DC_states, DN_states, dC0, dN0,
         *_strides(q), *_strides(dh), scale,
-        NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, HAS_FINAL_GRAD=has_final, IEEE=ieee, **blocks,
+        NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_FINAL_GRAD=has_final, IEEE=ieee,
+        num_warps=tiling.state_warps, num_stages=tiling.state_stages,
     )
-    BT = min(64, L)
+    BT, BK, BV = min(tiling.grad_bt, L), _fit(tiling.grad_bk, DQK), _fit(tiling.grad_bv, DV)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    common = dict(NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, BT=BT, IEEE=ieee, **blocks)
-    grid_k = (B * NH, NC * (L // BT), triton.cdiv(DQK, blocks["BK"]))
+    common = dict(NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, BT=BT, BK=BK, BV=BV, IEEE=ieee,
+                  num_warps=tiling.grad_warps, num_stages=tiling.grad_stages)
+    grid_k = (B * NH, NC * (L // BT), triton.cdiv(DQK, BK))
     rowsum = torch.empty(grid_k[2], B * NH, S_pad, device=dev, dtype=f32)  # per q/k-dim tile, summed below
     colsum = torch.empty_like(rowsum)
     _bw_dq[grid_k](
@@ -586,8 +635,7 @@ def _backward(saved, S, L, eps, dh, dC, dn, dm, need_initial):
         q, k, v, dh, rden, dden_raw, b_gate, i_gate, m_pos, M_states, DC_states, DN_states, dk, colsum,
         *_strides(q), *_strides(k), *_strides(v), *_strides(dh), scale, **common,
     )
-    grid_v = (B * NH, NC * (L // BT), triton.cdiv(DV, blocks["BV"]))
-    _bw_dv[grid_v](
+    _bw_dv[(B * NH, NC * (L // BT), triton.cdiv(DV, BV))](
         q, k, dh, rden, b_gate, i_gate, m_pos, M_states, DC_states, dv,
         *_strides(q), *_strides(k), *_strides(dh), *_strides(v), scale, **common,
     )
@@ -616,19 +664,19 @@ def _backward(saved, S, L, eps, dh, dC, dn, dm, need_initial):
 
 class _MLSTMChunkwise(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, i, f, C0, n0, m0, chunk_size, eps):
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, chunk_size, eps, tiling):
         initial = (C0, n0, m0) if C0 is not None else None
-        h, (C, n, m), saved = _forward(q, k, v, i, f, initial, chunk_size, eps)
+        h, (C, n, m), saved = _forward(q, k, v, i, f, initial, chunk_size, eps, tiling)
         ctx.save_for_backward(f, *saved)
-        ctx.meta = (q.shape[2], chunk_size, eps, initial is not None,
+        ctx.meta = (q.shape[2], chunk_size, eps, tiling, initial is not None,
                     [x.dtype for x in (q, k, v, i, f)], [x.dtype for x in initial] if initial else None)
         return h, C, n, m
 
     @staticmethod
     def backward(ctx, dh, dC, dn, dm):
         f, *saved = ctx.saved_tensors
-        S, L, eps, has_initial, dtypes, initial_dtypes = ctx.meta
-        grads, initial_grads = _backward(saved, S, L, eps, dh, dC, dn, dm, has_initial)
+        S, L, eps, tiling, has_initial, dtypes, initial_dtypes = ctx.meta
+        grads, initial_grads = _backward(saved, S, L, eps, dh, dC, dn, dm, has_initial, tiling)
         dq, dk, dv, di, d_log_f = grads
         df = d_log_f * torch.sigmoid(-f.float())
         out = [g.to(dt) for g, dt in zip((dq, dk, dv, di, df), dtypes)]
@@ -636,7 +684,7 @@ class _MLSTMChunkwise(torch.autograd.Function):
             out += [g.to(dt) for g, dt in zip(initial_grads, initial_dtypes)]
         else:
             out += [None, None, None]
-        return (*out, None, None)
+        return (*out, None, None, None)
 
 
 def mlstm_chunkwise_triton(
@@ -648,16 +696,17 @@ def mlstm_chunkwise_triton(
     initial_state: MLSTMState | None = None,
     chunk_size: int | None = None,
     eps: float = 1e-6,
+    tiling: Tiling | None = None,
 ) -> tuple[torch.Tensor, MLSTMState]:
     """Chunkwise mLSTM on Triton, with autograd. Same arguments and results as
     :func:`xlstm_hf.kernels.mlstm_torch.mlstm_chunkwise`; `chunk_size` (a power of two >= 16) is the kernels'
-    own (default 128)."""
+    own (default 128); `tiling` overrides the block sizes (benchmarks)."""
     L = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     if L < 16 or L & (L - 1):
         raise ValueError(f"chunk_size must be a power of two >= 16 for the Triton kernels, got {L}")
     L = min(L, _pow2(q.shape[2]))  # a short sequence needs no long chunk
     C0, n0, m0 = initial_state if initial_state is not None else (None, None, None)
-    h, C, n, m = _MLSTMChunkwise.apply(q, k, v, i, f, C0, n0, m0, L, eps)
+    h, C, n, m = _MLSTMChunkwise.apply(q, k, v, i, f, C0, n0, m0, L, eps, tiling or TILING)
     return h, (C, n, m)
 
 
