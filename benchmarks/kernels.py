@@ -180,20 +180,12 @@ def sweep(args) -> None:
     inputs = gate_inputs(args.batch, args.heads, S, args.dqk, args.dv, torch.bfloat16, requires_grad=True)
     grad = torch.randn(args.batch, args.heads, S, args.dv, device="cuda", dtype=torch.bfloat16)
     fields = [
-        ("state", [dict(state_bk=64, state_bv=64, state_warps=4), dict(state_bk=64, state_bv=128, state_warps=4),
-                   dict(state_bk=128, state_bv=64, state_warps=8), dict(state_bk=32, state_bv=64, state_warps=2),
-                   dict(state_bk=64, state_bv=64, state_warps=4, state_stages=3)]),
-        ("out", [dict(out_bt=64, out_bk=64, out_bv=128, out_warps=8), dict(out_bt=64, out_bk=64, out_bv=256,
-                                                                          out_warps=8),
-                 dict(out_bt=128, out_bk=64, out_bv=128, out_warps=8), dict(out_bt=64, out_bk=128, out_bv=128,
-                                                                           out_warps=8),
-                 dict(out_bt=64, out_bk=64, out_bv=64, out_warps=4), dict(out_bt=64, out_bk=64, out_bv=128,
-                                                                         out_warps=4, out_stages=3)]),
-        ("grad", [dict(grad_bt=64, grad_bk=64, grad_bv=64, grad_warps=4), dict(grad_bt=64, grad_bk=64, grad_bv=128,
-                                                                               grad_warps=8),
-                  dict(grad_bt=64, grad_bk=128, grad_bv=64, grad_warps=8), dict(grad_bt=32, grad_bk=64, grad_bv=64,
-                                                                                grad_warps=4),
-                  dict(grad_bt=64, grad_bk=64, grad_bv=64, grad_warps=4, grad_stages=3)]),
+        ("out", [dict(), dict(out_bt=32, out_bv=512, out_warps=8), dict(out_bt=32, out_bv=256, out_warps=4),
+                 dict(out_bv=256, out_warps=8, out_stages=3), dict(out_bt=128, out_warps=8, out_stages=3),
+                 dict(out_bk=128, out_stages=3), dict(out_stages=4)]),
+        ("grad", [dict(grad_stages=3), dict(grad_bk=256, grad_bv=64, grad_warps=8), dict(grad_bv=32, grad_warps=4),
+                  dict(grad_bt=128, grad_warps=8)]),
+        ("state", [dict(state_bk=32, state_bv=32, state_warps=2), dict(state_bk=16, state_bv=64, state_warps=2)]),
     ]
     for L in args.chunk_sizes:
         for part, options in fields:

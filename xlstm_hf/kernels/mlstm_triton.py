@@ -457,19 +457,19 @@ class Tiling:
     """Block sizes and launch settings. `state_*`: the recurrent kernels (forward and backward), `out_*`: the
     forward's output kernel, `grad_*`: the dq/dk/dv kernels. Block sizes are capped to the head dims."""
 
-    state_bk: int = 64
+    state_bk: int = 32
     state_bv: int = 64
-    state_warps: int = 4
+    state_warps: int = 2
     state_stages: int = 2
     out_bt: int = 64
     out_bk: int = 64
     out_bv: int = 128
-    out_warps: int = 8
-    out_stages: int = 2
+    out_warps: int = 4
+    out_stages: int = 3
     grad_bt: int = 64
-    grad_bk: int = 64
+    grad_bk: int = 128
     grad_bv: int = 64
-    grad_warps: int = 4
+    grad_warps: int = 8
     grad_stages: int = 2
 
 
