@@ -470,7 +470,7 @@ class Tiling:
     grad_bk: int = 128
     grad_bv: int = 64
     grad_warps: int = 8
-    grad_stages: int = 2
+    grad_stages: int = 3
 
 
 TILING = Tiling()

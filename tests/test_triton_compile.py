@@ -1,0 +1,64 @@
+"""Every Triton kernel compiles for Hopper (sm_90) with the installed Triton, ahead of time, without a GPU.
+
+CI installs the newest Triton from PyPI (3.9 removed block pointers; the kernels use plain pointer arithmetic);
+the GPU image's Triton 3.6 compiles them at run time in the device-machine tests.
+"""
+
+import inspect
+import os
+import subprocess
+import sys
+
+import pytest
+
+triton = pytest.importorskip("triton")
+GPUTarget = pytest.importorskip("triton.backends.compiler").GPUTarget
+
+from xlstm_hf.kernels import mlstm_triton as kernels  # noqa: E402
+
+SEVEN_B = dict(NH=8, NC=4, L=128, DQK=256, DV=512, IEEE=False)
+BF16_POINTERS = {"Q", "K", "V", "H", "DH", "DQ", "DK", "DV_out", "C_states", "DC_states", "X", "Y"}
+JOBS = {
+    "_fw_states": dict(SEVEN_B, BK=32, BV=64, HAS_INITIAL=True),
+    "_fw_outputs": dict(SEVEN_B, BT=64, BK=64, BV=128),
+    "_bw_states": dict(SEVEN_B, BK=32, BV=64, HAS_FINAL_GRAD=True),
+    "_bw_dq": dict(SEVEN_B, BT=64, BK=128, BV=64),
+    "_bw_dk": dict(SEVEN_B, BT=64, BK=128, BV=64),
+    "_bw_dv": dict(SEVEN_B, BT=64, BK=128, BV=64),
+    "_step": dict(DQK=256, DV=512, BK=256, BV=64),
+    "_row_dot": dict(NH=8, D=512, BR=64, BD=128),
+}
+
+
+def signature(fn, constexprs: dict) -> dict:
+    """Tensors are the capitalised parameters (bf16 where the 7B has bf16 data), then scalars and constexprs."""
+    types = {}
+    for name in inspect.signature(fn.fn).parameters:
+        if name in constexprs:
+            types[name] = "constexpr"
+        elif name[0].isupper() and name != "S":
+            types[name] = "*bf16" if name in BF16_POINTERS else "*fp32"
+        else:
+            types[name] = "fp32" if name in ("scale", "eps") else "i32"
+    return types
+
+
+def compile_all() -> None:
+    for name, constexprs in JOBS.items():
+        fn = getattr(kernels, name)
+        source = triton.compiler.ASTSource(fn=fn, signature=signature(fn, constexprs), constexprs=constexprs)
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+        assert len(compiled.asm["cubin"]) > 0
+        print(f"{name}: {len(compiled.asm['cubin'])} bytes of sm_90 cubin")
+
+
+def test_every_kernel_compiles_for_sm90():
+    # In a process of its own: this one may run the kernels in Triton's interpreter, which compiles nothing.
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("bytes of sm_90 cubin") == len(JOBS)
+
+
+if __name__ == "__main__":
+    compile_all()
