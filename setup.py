@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
-        "transformers>=5.4,<6",
+        "transformers>=5.24,<6",  # the `cache` keyword and output field (older 5.x say past_key_values)
         "safetensors",
         "huggingface_hub",
         "tqdm",
