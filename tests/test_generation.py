@@ -7,7 +7,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, TextStreamer, pipeline
 from transformers.cache_utils import Cache
 
-from helpers import TINY, make_tokenizer, random_ids, tiny_config, tiny_model
+from helpers import make_tokenizer, random_ids, tiny_config, tiny_model
 from xlstm_hf import XLSTMCache
 
 

@@ -39,6 +39,44 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _scores(X, x_rows, s_x, Y, y_rows, s_y, D: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr,
+            IEEE: tl.constexpr):
+    """The (BT, BT) tile sum_d X[x_rows, d] * Y[y_rows, d], accumulated in fp32 over D in blocks of BD."""
+    acc = tl.zeros((BT, BT), dtype=tl.float32)
+    for dd in range(0, D, BD):
+        offs = dd + tl.arange(0, BD)
+        mask = offs[None, :] < D
+        x = tl.load(X + x_rows[:, None] * s_x + offs[None, :], mask=mask, other=0.0)
+        y = tl.load(Y + y_rows[:, None] * s_y + offs[None, :], mask=mask, other=0.0)
+        acc += _dot(x, tl.trans(y), IEEE)
+    return acc
+
+
+@triton.jit
+def _rows_times_state(X, rows, s_x, STATE, out_offs, RED: tl.constexpr, OUT: tl.constexpr, S_RED: tl.constexpr,
+                      S_OUT: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr, BO: tl.constexpr, IEEE: tl.constexpr):
+    """The (BT, BO) tile X[rows, :] @ M[:, out_offs], M a state matrix with M[r, o] at r * S_RED + o * S_OUT
+    (so C, or C^T), reduced over RED in blocks of BR. Reduced-precision inputs meet the state in their dtype."""
+    acc = tl.zeros((BT, BO), dtype=tl.float32)
+    mask_o = out_offs < OUT
+    for rr in range(0, RED, BR):
+        offs = rr + tl.arange(0, BR)
+        mask_r = offs < RED
+        x = tl.load(X + rows[:, None] * s_x + offs[None, :], mask=mask_r[None, :], other=0.0)
+        m = tl.load(STATE + offs[:, None] * S_RED + out_offs[None, :] * S_OUT, mask=mask_r[:, None] & mask_o[None, :],
+                    other=0.0)
+        acc += _dot(x.to(tl.float32), m.to(tl.float32), True) if IEEE else _dot(x, m.to(x.dtype), False)
+    return acc
+
+
+@triton.jit
+def _causal_weights(b_t, m_t, offs_t, b_j, i_j, offs_j):
+    """W_tj = exp(b_t - b_j + i_j - m_t) for j <= t (same chunk), 0 above the diagonal."""
+    log_w = b_t[:, None] - b_j[None, :] + i_j[None, :] - m_t[:, None]
+    return tl.exp(tl.where(offs_t[:, None] >= offs_j[None, :], log_w, float("-inf")))
+
+
+@triton.jit
 def _fw_states(
     K, V, B_gate, I_gate, C0, N0, M0, C_states, N_states, M_states, C_out, N_out, M_out,
     s_kb, s_kh, s_ks, s_vb, s_vh, s_vs,
@@ -118,19 +156,15 @@ def _fw_outputs(
     v_base = V + b * s_vb + h * s_vh
 
     # The incoming state: exp(b_t + m_{k-1} - m_t) * scale * q_t^T C_{k-1}  (and n).
-    num = tl.zeros((BT, BV), dtype=tl.float32)
+    num = _rows_times_state(q_base, offs_t, s_qs, C_states + (pid_bh * NC + chunk) * DQK * DV, offs_v,
+                            DQK, DV, DV, 1, BT, BK, BV, IEEE)
     den = tl.zeros((BT,), dtype=tl.float32)
-    c_base = C_states + (pid_bh * NC + chunk) * DQK * DV
     n_base = N_states + (pid_bh * NC + chunk) * DQK
     for kk in range(0, DQK, BK):
         offs_k = kk + offs_kk
         mask_k = offs_k < DQK
         q_tile = tl.load(q_base + offs_t[:, None] * s_qs + offs_k[None, :], mask=mask_k[None, :], other=0.0)
-        c_tile = tl.load(c_base + offs_k[:, None] * DV + offs_v[None, :], mask=mask_k[:, None] & mask_v[None, :],
-                         other=0.0)
-        n_tile = tl.load(n_base + offs_k, mask=mask_k, other=0.0)
-        num += _dot(q_tile.to(tl.float32), c_tile, True) if IEEE else _dot(q_tile, c_tile.to(q_tile.dtype), False)
-        den += tl.sum(q_tile.to(tl.float32) * n_tile[None, :], axis=1)
+        den += tl.sum(q_tile.to(tl.float32) * tl.load(n_base + offs_k, mask=mask_k, other=0.0)[None, :], axis=1)
     inter = tl.exp(b_t + m_prev - m_t) * scale
     num = num * inter[:, None]
     den = den * inter
@@ -138,18 +172,10 @@ def _fw_outputs(
     # The intra-chunk part, causal: blocks of columns up to and including the diagonal one.
     for col_block in range(0, row_block + 1):
         offs_j = chunk * L + col_block * BT + offs_j0
-        s = tl.zeros((BT, BT), dtype=tl.float32)
-        for kk in range(0, DQK, BK):
-            offs_k = kk + offs_kk
-            mask_k = offs_k < DQK
-            q_tile = tl.load(q_base + offs_t[:, None] * s_qs + offs_k[None, :], mask=mask_k[None, :], other=0.0)
-            k_tile = tl.load(k_base + offs_j[:, None] * s_ks + offs_k[None, :], mask=mask_k[None, :], other=0.0)
-            s += _dot(q_tile, tl.trans(k_tile), IEEE)
+        s = _scores(q_base, offs_t, s_qs, k_base, offs_j, s_ks, DQK, BK, BT, IEEE)
         b_j = tl.load(B_gate + gate_base + offs_j)
         i_j = tl.load(I_gate + gate_base + offs_j)
-        log_d = b_t[:, None] - b_j[None, :] + i_j[None, :] - m_t[:, None]
-        log_d = tl.where(offs_t[:, None] >= offs_j[None, :], log_d, float("-inf"))
-        p = s * tl.exp(log_d) * scale
+        p = s * _causal_weights(b_t, m_t, offs_t, b_j, i_j, offs_j) * scale
         v_tile = tl.load(v_base + offs_j[:, None] * s_vs + offs_v[None, :], mask=mask_v[None, :], other=0.0)
         num += _dot(p.to(v_tile.dtype), v_tile, IEEE)
         den += tl.sum(p, axis=1)
@@ -230,7 +256,6 @@ def _bw_dq(
     offs_t = chunk * L + row_block * BT + tl.arange(0, BT)
     offs_j0 = tl.arange(0, BT)
     offs_k = pid_k * BK + tl.arange(0, BK)
-    offs_vv = tl.arange(0, BV)
     mask_k = offs_k < DQK
     gate_base = pid_bh * NC * L
     b_t = tl.load(B_gate + gate_base + offs_t)
@@ -242,37 +267,21 @@ def _bw_dq(
     v_base = V + b * s_vb + h * s_vh
     dh_base = DH + b * s_db + h * s_dh
 
-    acc = tl.zeros((BT, BK), dtype=tl.float32)
-    c_base = C_states + (pid_bh * NC + chunk) * DQK * DV
-    for vv in range(0, DV, BV):
-        offs_v = vv + offs_vv
-        mask_v = offs_v < DV
-        dnum = tl.load(dh_base + offs_t[:, None] * s_ds + offs_v[None, :], mask=mask_v[None, :], other=0.0)
-        dnum = dnum.to(tl.float32) * rden_t[:, None]
-        c_tile = tl.load(c_base + offs_k[:, None] * DV + offs_v[None, :], mask=mask_k[:, None] & mask_v[None, :],
-                         other=0.0)
-        acc += _dot(dnum, tl.trans(c_tile), True) if IEEE else _dot(
-            dnum.to(K.dtype.element_ty), tl.trans(c_tile.to(K.dtype.element_ty)), False)
+    # dnum_t = dh_t / den_t: the row scale is applied after the product.
+    acc = _rows_times_state(dh_base, offs_t, s_ds, C_states + (pid_bh * NC + chunk) * DQK * DV, offs_k,
+                            DV, DQK, 1, DV, BT, BV, BK, IEEE) * rden_t[:, None]
     n_tile = tl.load(N_states + (pid_bh * NC + chunk) * DQK + offs_k, mask=mask_k, other=0.0)
     acc += dden_t[:, None] * n_tile[None, :]
     acc = acc * (tl.exp(b_t + m_prev - m_t) * scale)[:, None]
 
     for col_block in range(0, row_block + 1):
         offs_j = chunk * L + col_block * BT + offs_j0
-        dp = tl.zeros((BT, BT), dtype=tl.float32)
-        for vv in range(0, DV, BV):
-            offs_v = vv + offs_vv
-            mask_v = offs_v < DV
-            dh_tile = tl.load(dh_base + offs_t[:, None] * s_ds + offs_v[None, :], mask=mask_v[None, :], other=0.0)
-            v_tile = tl.load(v_base + offs_j[:, None] * s_vs + offs_v[None, :], mask=mask_v[None, :], other=0.0)
-            dp += _dot(dh_tile, tl.trans(v_tile), IEEE)
+        dp = _scores(dh_base, offs_t, s_ds, v_base, offs_j, s_vs, DV, BV, BT, IEEE)
         dp = dp * rden_t[:, None] + dden_t[:, None]
         b_j = tl.load(B_gate + gate_base + offs_j)
         i_j = tl.load(I_gate + gate_base + offs_j)
-        log_w = b_t[:, None] - b_j[None, :] + i_j[None, :] - m_t[:, None]
-        log_w = tl.where(offs_t[:, None] >= offs_j[None, :], log_w, float("-inf"))
         k_tile = tl.load(k_base + offs_j[:, None] * s_ks + offs_k[None, :], mask=mask_k[None, :], other=0.0)
-        ds = dp * tl.exp(log_w) * scale
+        ds = dp * _causal_weights(b_t, m_t, offs_t, b_j, i_j, offs_j) * scale
         acc += _dot(ds.to(k_tile.dtype), k_tile, IEEE)
     dq_base = DQ + b * s_qb + h * s_qh
     tl.store(dq_base + offs_t[:, None] * s_qs + offs_k[None, :], acc.to(DQ.dtype.element_ty), mask=mask_k[None, :])
@@ -300,7 +309,6 @@ def _bw_dk(
     offs_j = chunk * L + col_block * BT + tl.arange(0, BT)
     offs_t0 = tl.arange(0, BT)
     offs_k = pid_k * BK + tl.arange(0, BK)
-    offs_vv = tl.arange(0, BV)
     mask_k = offs_k < DQK
     gate_base = pid_bh * NC * L
     b_j = tl.load(B_gate + gate_base + offs_j)
@@ -311,35 +319,19 @@ def _bw_dk(
     v_base = V + b * s_vb + h * s_vh
     dh_base = DH + b * s_db + h * s_dh
 
-    acc = tl.zeros((BT, BK), dtype=tl.float32)
-    dc_base = DC_states + (pid_bh * NC + chunk) * DQK * DV
-    for vv in range(0, DV, BV):
-        offs_v = vv + offs_vv
-        mask_v = offs_v < DV
-        v_tile = tl.load(v_base + offs_j[:, None] * s_vs + offs_v[None, :], mask=mask_v[None, :], other=0.0)
-        dc_tile = tl.load(dc_base + offs_k[:, None] * DV + offs_v[None, :], mask=mask_k[:, None] & mask_v[None, :],
-                          other=0.0)
-        acc += _dot(v_tile.to(tl.float32), tl.trans(dc_tile), True) if IEEE else _dot(
-            v_tile, tl.trans(dc_tile.to(v_tile.dtype)), False)
+    acc = _rows_times_state(v_base, offs_j, s_vs, DC_states + (pid_bh * NC + chunk) * DQK * DV, offs_k,
+                            DV, DQK, 1, DV, BT, BV, BK, IEEE)
     dn_tile = tl.load(DN_states + (pid_bh * NC + chunk) * DQK + offs_k, mask=mask_k, other=0.0)
     acc = (acc + dn_tile[None, :]) * tl.exp(g - b_j + i_j - m_next)[:, None]
 
     for row_block in range(col_block, blocks_per_chunk):
         offs_t = chunk * L + row_block * BT + offs_t0
-        dp = tl.zeros((BT, BT), dtype=tl.float32)  # [t, j]
-        for vv in range(0, DV, BV):
-            offs_v = vv + offs_vv
-            mask_v = offs_v < DV
-            dh_tile = tl.load(dh_base + offs_t[:, None] * s_ds + offs_v[None, :], mask=mask_v[None, :], other=0.0)
-            v_tile = tl.load(v_base + offs_j[:, None] * s_vs + offs_v[None, :], mask=mask_v[None, :], other=0.0)
-            dp += _dot(dh_tile, tl.trans(v_tile), IEEE)
+        dp = _scores(dh_base, offs_t, s_ds, v_base, offs_j, s_vs, DV, BV, BT, IEEE)  # [t, j]
         b_t = tl.load(B_gate + gate_base + offs_t)
         m_t = tl.load(M_pos + gate_base + offs_t)
         dp = dp * tl.load(RDEN + gate_base + offs_t)[:, None] + tl.load(DDEN + gate_base + offs_t)[:, None]
-        log_w = b_t[:, None] - b_j[None, :] + i_j[None, :] - m_t[:, None]
-        log_w = tl.where(offs_t[:, None] >= offs_j[None, :], log_w, float("-inf"))
         q_tile = tl.load(q_base + offs_t[:, None] * s_qs + offs_k[None, :], mask=mask_k[None, :], other=0.0)
-        ds = dp * tl.exp(log_w) * scale
+        ds = dp * _causal_weights(b_t, m_t, offs_t, b_j, i_j, offs_j) * scale
         acc += _dot(tl.trans(ds.to(q_tile.dtype)), q_tile, IEEE)
     dk_base = DK + b * s_kb + h * s_kh
     tl.store(dk_base + offs_j[:, None] * s_ks + offs_k[None, :], acc.to(DK.dtype.element_ty), mask=mask_k[None, :])
@@ -365,7 +357,6 @@ def _bw_dv(
     offs_j = chunk * L + col_block * BT + tl.arange(0, BT)
     offs_t0 = tl.arange(0, BT)
     offs_v = pid_v * BV + tl.arange(0, BV)
-    offs_kk = tl.arange(0, BK)
     mask_v = offs_v < DV
     gate_base = pid_bh * NC * L
     b_j = tl.load(B_gate + gate_base + offs_j)
@@ -376,31 +367,17 @@ def _bw_dv(
     k_base = K + b * s_kb + h * s_kh
     dh_base = DH + b * s_db + h * s_dh
 
-    acc = tl.zeros((BT, BV), dtype=tl.float32)
-    dc_base = DC_states + (pid_bh * NC + chunk) * DQK * DV
-    for kk in range(0, DQK, BK):
-        offs_k = kk + offs_kk
-        mask_k = offs_k < DQK
-        k_tile = tl.load(k_base + offs_j[:, None] * s_ks + offs_k[None, :], mask=mask_k[None, :], other=0.0)
-        dc_tile = tl.load(dc_base + offs_k[:, None] * DV + offs_v[None, :], mask=mask_k[:, None] & mask_v[None, :],
-                          other=0.0)
-        acc += _dot(k_tile.to(tl.float32), dc_tile, True) if IEEE else _dot(k_tile, dc_tile.to(k_tile.dtype), False)
+    acc = _rows_times_state(k_base, offs_j, s_ks, DC_states + (pid_bh * NC + chunk) * DQK * DV, offs_v,
+                            DQK, DV, DV, 1, BT, BK, BV, IEEE)
     acc = acc * tl.exp(g - b_j + i_j - m_next)[:, None]
 
     for row_block in range(col_block, blocks_per_chunk):
         offs_t = chunk * L + row_block * BT + offs_t0
-        s = tl.zeros((BT, BT), dtype=tl.float32)  # [t, j]
-        for kk in range(0, DQK, BK):
-            offs_k = kk + offs_kk
-            mask_k = offs_k < DQK
-            q_tile = tl.load(q_base + offs_t[:, None] * s_qs + offs_k[None, :], mask=mask_k[None, :], other=0.0)
-            k_tile = tl.load(k_base + offs_j[:, None] * s_ks + offs_k[None, :], mask=mask_k[None, :], other=0.0)
-            s += _dot(q_tile, tl.trans(k_tile), IEEE)
+        s = _scores(q_base, offs_t, s_qs, k_base, offs_j, s_ks, DQK, BK, BT, IEEE)  # [t, j]
         b_t = tl.load(B_gate + gate_base + offs_t)
         m_t = tl.load(M_pos + gate_base + offs_t)
-        log_w = b_t[:, None] - b_j[None, :] + i_j[None, :] - m_t[:, None]
-        log_w = tl.where(offs_t[:, None] >= offs_j[None, :], log_w, float("-inf"))
-        p = s * tl.exp(log_w) * scale * tl.load(RDEN + gate_base + offs_t)[:, None]
+        p = s * _causal_weights(b_t, m_t, offs_t, b_j, i_j, offs_j) * scale
+        p = p * tl.load(RDEN + gate_base + offs_t)[:, None]
         dh_tile = tl.load(dh_base + offs_t[:, None] * s_ds + offs_v[None, :], mask=mask_v[None, :], other=0.0)
         acc += _dot(tl.trans(p.to(dh_tile.dtype)), dh_tile, IEEE)
     dv_base = DV_out + b * s_vb + h * s_vh
