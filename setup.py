@@ -20,6 +20,6 @@ setup(
         "triton": ["triton>=3.6"],
         "peft": ["peft>=0.17"],
         "eval": ["lm_eval>=0.4.8"],
-        "dev": ["pytest>=8", "accelerate>=1.0"],
+        "dev": ["pytest>=8", "accelerate>=1.0", "peft>=0.17"],
     },
 )

@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from .cache_xlstm import XLSTMCache
 from .configuration_xlstm import XLSTMConfig
 from .kernels import set_backend as set_kernel_backend
+from .lora import LORA_TARGET_MODULES, lora_target_modules, register_peft_defaults
 from .modeling_xlstm import XLSTMForCausalLM, XLSTMModel, XLSTMPreTrainedModel
 
 __version__ = "0.1.0"
@@ -16,13 +17,16 @@ __version__ = "0.1.0"
 AutoConfig.register("xlstm", XLSTMConfig, exist_ok=True)
 AutoModel.register(XLSTMConfig, XLSTMModel, exist_ok=True)
 AutoModelForCausalLM.register(XLSTMConfig, XLSTMForCausalLM, exist_ok=True)
+register_peft_defaults()
 
 __all__ = [
+    "LORA_TARGET_MODULES",
     "XLSTMCache",
     "XLSTMConfig",
     "XLSTMForCausalLM",
     "XLSTMModel",
     "XLSTMPreTrainedModel",
     "__version__",
+    "lora_target_modules",
     "set_kernel_backend",
 ]

@@ -1,0 +1,98 @@
+"""Data for training and fine-tuning: local text or JSON-lines files, packed blocks, and SFT batches with right
+padding whose padded positions are masked exactly (attention mask and labels -100)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+
+def read_texts(paths: Iterable[str | Path], field: str = "text") -> list[str]:
+    """Texts from `.jsonl` files (one JSON object a line, `field` holding the text) or plain text files (whole)."""
+    texts = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"data file not found: {path}")
+        if path.suffix == ".jsonl":
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    record = json.loads(line)
+                    if field not in record:
+                        raise KeyError(f"{path}:{number} has no field {field!r} (fields: {sorted(record)})")
+                    texts.append(record[field])
+        else:
+            texts.append(path.read_text(encoding="utf-8", errors="replace"))
+    if not texts:
+        raise ValueError("the data files hold no text")
+    return texts
+
+
+class PackedBlocks(torch.utils.data.Dataset):
+    """All texts tokenized, joined with EOS and cut into blocks of `block_size` tokens (language-model training)."""
+
+    def __init__(self, texts: list[str], tokenizer, block_size: int):
+        ids: list[int] = []
+        for text in texts:
+            ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(ids) < block_size + 1:
+            raise ValueError(f"only {len(ids)} tokens of data: fewer than one block of {block_size}")
+        self.blocks = torch.tensor(ids[: len(ids) // block_size * block_size]).view(-1, block_size)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"input_ids": self.blocks[index], "labels": self.blocks[index]}
+
+
+class SFTExamples(torch.utils.data.Dataset):
+    """One example per text, truncated to `max_length` tokens (supervised fine-tuning)."""
+
+    def __init__(self, texts: list[str], tokenizer, max_length: int):
+        self.examples = [tokenizer(text, truncation=True, max_length=max_length)["input_ids"] for text in texts]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"input_ids": self.examples[index]}
+
+
+def right_padded_batch(examples: list[dict], pad_token_id: int) -> dict:
+    """Collate variable-length examples: right padding, attention mask 0 there, labels -100 there."""
+    length = max(len(e["input_ids"]) for e in examples)
+    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros(len(examples), length, dtype=torch.long)
+    for row, example in enumerate(examples):
+        ids = torch.as_tensor(example["input_ids"], dtype=torch.long)
+        input_ids[row, : len(ids)], attention_mask[row, : len(ids)] = ids, 1
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def save_atomically(output_dir: str | Path, *savables) -> Path:
+    """`save_pretrained` every object into a temporary sibling folder, then rename it to `output_dir` (replacing an
+    old one only once the new one is complete), so that a failure never leaves a half-written folder."""
+    import shutil
+    import tempfile
+
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.tmp-"))
+    try:
+        for obj in savables:
+            obj.save_pretrained(tmp)
+        old = None
+        if output_dir.exists():
+            old = output_dir.with_name(f".{output_dir.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+            output_dir.rename(old)
+        tmp.rename(output_dir)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output_dir
