@@ -315,3 +315,19 @@ def test_a_long_prompt_is_never_held_whole():
     short = model.generate(ids[:, :20], max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
     assert [t.shape for t in out.cache.layers[0].state] == [t.shape for t in short.cache.layers[0].state]
     assert torch.equal(out.sequences[:, 200:], greedy_by_hand(model, ids, 2)[:, 200:])
+
+
+def test_sync_free_decode_step_equals_the_forward():
+    # The step that CUDA graphs capture: same logits and state as the checked forward, and a masked row is left be.
+    model = tiny_model()
+    ids = random_ids(2, 12)
+    out = model(ids[:, :11])
+    reference = model(ids[:, 11:], cache=out.cache)
+    again = model(ids[:, :11]).cache
+    before = [t.clone() for t in again.layers[0].state]
+    mask = torch.tensor([[True], [False]])
+    logits = model._head(model.backbone.decode_step(ids[:, 11:], mask, again))
+    assert (logits[0] - reference.logits[0]).abs().max() < 1e-5
+    new_state = zip(again.layers[0].state, reference.cache.layers[0].state)
+    assert all(torch.allclose(a[0], b[0], atol=1e-6) for a, b in new_state)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(again.layers[0].state, before))  # masked: untouched

@@ -48,3 +48,32 @@ def test_training_gradients_match_the_reference():
     for name, g in grads["torch"].items():
         err = ((grads["triton"][name] - g).abs().max() / g.abs().max().clamp_min(1e-12)).item()
         assert err < 1e-3, (name, err)
+
+
+@pytest.mark.parametrize("mode", [dict(do_sample=False), dict(num_beams=3, do_sample=False)])
+def test_cuda_graph_decode_gives_the_eager_tokens(mode):
+    model = tiny_model(hidden_size=512, num_heads=4, num_hidden_layers=2).cuda()
+    ids = random_ids(2, 40).cuda()
+    runs = {}
+    for graphs in (True, False):
+        model.cuda_graphs = graphs
+        runs[graphs] = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
+                                      **mode)
+    assert torch.equal(runs[True], runs[False])
+    assert model._decode_graphs, "the decode steps should have replayed a CUDA graph"
+
+
+def test_cuda_graph_follows_the_cache_and_the_weights():
+    model = tiny_model(hidden_size=256, num_heads=2, num_hidden_layers=2).cuda()
+    ids = random_ids(1, 20).cuda()
+    out = model(ids[:, :19])
+    graphed = model(ids[:, 19:], cache=out.cache).logits
+    model.cuda_graphs = False
+    eager = model(ids[:, 19:], cache=model(ids[:, :19]).cache).logits
+    assert (graphed - eager).abs().max() < 1e-4
+    model.cuda_graphs = True
+    model.half()  # new weight tensors: the captured graph is stale and must be captured again
+    cache = model(ids[:, :19]).cache
+    halved = model(ids[:, 19:], cache=cache).logits
+    model.cuda_graphs = False
+    assert (halved - model(ids[:, 19:], cache=model(ids[:, :19]).cache).logits).abs().max() < 1e-2

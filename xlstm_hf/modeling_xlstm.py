@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import os
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +20,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from .cache_xlstm import XLSTMCache
 from .configuration_xlstm import XLSTMConfig
+from .decode_graph import DecodeGraph
 from .kernels import MLSTMState, mlstm, resolve_backend
 
 
@@ -332,15 +336,31 @@ class XLSTMModel(XLSTMPreTrainedModel):
         )
 
 
+    def decode_step(self, input_ids: torch.LongTensor, mask: torch.Tensor, cache: XLSTMCache) -> torch.Tensor:
+        """One token per row, continuing `cache`, with no host synchronisation (so a CUDA graph can capture it):
+        no input checks, and `mask` (B, 1) bool applied as given. Returns the output-normed hidden state (B, 1, H)
+        and updates the cache's state; the caller advances `cache.seen_tokens`."""
+        x = self.embeddings(input_ids)
+        for block, layer in zip(self.blocks, cache.layers):
+            x, state = block(x, layer.state, mask)
+            layer.update(state)
+        return self.out_norm(x)
+
+
 class XLSTMForCausalLM(XLSTMPreTrainedModel, GenerationMixin):
     """xLSTM with a language-modelling head (soft-capped logits)."""
 
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
 
+    # Decode steps on CUDA replay a captured CUDA graph (set False, or XLSTM_HF_CUDA_GRAPHS=0, to run them eagerly).
+    cuda_graphs: bool = True
+    max_decode_graphs = 2  # one per live cache; each holds its own small memory pool
+
     def __init__(self, config: XLSTMConfig):
         super().__init__(config)
         self.backbone = XLSTMModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._decode_graphs: dict[int, tuple[weakref.ref, DecodeGraph]] = {}
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -375,6 +395,9 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, GenerationMixin):
             logits_to_keep: Compute the head only for the last N positions (0 = all), or for the given indices.
             See [`XLSTMModel.forward`] for the others.
         """
+        if self._can_replay_decode(input_ids, inputs_embeds, cache, labels, output_hidden_states):
+            logits = self._replay_decode(input_ids, attention_mask, cache)
+            return CausalLMOutputWithPast(logits=logits, cache=cache)
         keep_last = logits_to_keep if isinstance(logits_to_keep, int) and labels is None else 0
         outputs = self.backbone(
             input_ids=input_ids,
@@ -390,7 +413,7 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, GenerationMixin):
             x = x[:, -logits_to_keep:] if logits_to_keep else x
         else:
             x = x[:, logits_to_keep]
-        logits = soft_cap(self.lm_head(x.to(self.lm_head.weight.dtype)).float(), self.config.output_logit_soft_cap)
+        logits = self._head(x)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
@@ -398,6 +421,33 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, GenerationMixin):
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
 
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        return soft_cap(self.lm_head(x.to(self.lm_head.weight.dtype)).float(), self.config.output_logit_soft_cap)
+
+    def _can_replay_decode(self, input_ids, inputs_embeds, cache, labels, output_hidden_states) -> bool:
+        return (
+            self.cuda_graphs and os.environ.get("XLSTM_HF_CUDA_GRAPHS", "1") != "0"
+            and input_ids is not None and inputs_embeds is None and input_ids.is_cuda and input_ids.shape[1] == 1
+            and isinstance(cache, XLSTMCache) and cache.seen_tokens > 0 and cache.batch_size == input_ids.shape[0]
+            and labels is None and not output_hidden_states and not torch.is_grad_enabled()
+        )
+
+    def _replay_decode(self, input_ids, attention_mask, cache: XLSTMCache) -> torch.Tensor:
+        """The decode step from a CUDA graph of this cache (captured on first use, again if its tensors moved)."""
+        states = [t for layer in cache.layers for t in layer.state]
+        weights = list(self.parameters())
+        entry = self._decode_graphs.get(id(cache))
+        if entry is None or entry[0]() is not cache or entry[1].pointers != DecodeGraph.addresses(states, weights):
+            if len(self._decode_graphs) >= self.max_decode_graphs:
+                self._decode_graphs.pop(next(iter(self._decode_graphs)))
+            step = lambda ids, mask: self._head(self.backbone.decode_step(ids, mask, cache))  # noqa: E731
+            entry = (weakref.ref(cache), DecodeGraph(step, states, weights, cache.batch_size, input_ids.device))
+            self._decode_graphs[id(cache)] = entry
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask[:, -1:].bool()
+        logits = entry[1](input_ids, mask)
+        cache.seen_tokens += 1
+        return logits
 
     def _prepare_cache_for_generation(
         self, generation_config, model_kwargs: dict, generation_mode, batch_size: int, max_cache_length: int
