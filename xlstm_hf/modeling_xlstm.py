@@ -425,9 +425,19 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, GenerationMixin):
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         return soft_cap(self.lm_head(x.to(self.lm_head.weight.dtype)).float(), self.config.output_logit_soft_cap)
 
+    def _use_cuda_graphs(self) -> bool:
+        return self.cuda_graphs and os.environ.get("XLSTM_HF_CUDA_GRAPHS", "1") != "0"
+
+    def _valid_auto_compile_criteria(self, model_kwargs: dict, generation_config) -> bool:
+        # generate() would torch.compile the decode step (reduce-overhead) because the cache is static; our own CUDA
+        # graph of the step does that job without the compile time, and the two must not nest.
+        if self._use_cuda_graphs() and self.device.type == "cuda":
+            return False
+        return super()._valid_auto_compile_criteria(model_kwargs, generation_config)
+
     def _can_replay_decode(self, input_ids, inputs_embeds, cache, labels, output_hidden_states) -> bool:
         return (
-            self.cuda_graphs and os.environ.get("XLSTM_HF_CUDA_GRAPHS", "1") != "0"
+            self._use_cuda_graphs() and not torch.compiler.is_compiling()
             and input_ids is not None and inputs_embeds is None and input_ids.is_cuda and input_ids.shape[1] == 1
             and isinstance(cache, XLSTMCache) and cache.seen_tokens > 0 and cache.batch_size == input_ids.shape[0]
             and labels is None and not output_hidden_states and not torch.is_grad_enabled()
