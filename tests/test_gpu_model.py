@@ -65,6 +65,7 @@ def test_cuda_graph_decode_gives_the_eager_tokens(mode):
 
 def test_cuda_graph_follows_the_cache_and_the_weights():
     model = tiny_model(hidden_size=256, num_heads=2, num_hidden_layers=2).cuda()
+    model.cuda_graphs = True
     ids = random_ids(1, 20).cuda()
     out = model(ids[:, :19])
     graphed = model(ids[:, 19:], cache=out.cache).logits

@@ -352,8 +352,10 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, GenerationMixin):
 
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
 
-    # Decode steps on CUDA replay a captured CUDA graph (set False, or XLSTM_HF_CUDA_GRAPHS=0, to run them eagerly).
-    cuda_graphs: bool = True
+    # Decode steps on CUDA can replay a captured CUDA graph: opt in with `model.cuda_graphs = True` or
+    # XLSTM_HF_CUDA_GRAPHS=1 (XLSTM_HF_CUDA_GRAPHS=0 turns it off everywhere). Off by default until it has been
+    # verified on a GPU inside generate().
+    cuda_graphs: bool = False
     max_decode_graphs = 2  # one per live cache; each holds its own small memory pool
 
     def __init__(self, config: XLSTMConfig):
@@ -426,7 +428,8 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, GenerationMixin):
         return soft_cap(self.lm_head(x.to(self.lm_head.weight.dtype)).float(), self.config.output_logit_soft_cap)
 
     def _use_cuda_graphs(self) -> bool:
-        return self.cuda_graphs and os.environ.get("XLSTM_HF_CUDA_GRAPHS", "1") != "0"
+        setting = os.environ.get("XLSTM_HF_CUDA_GRAPHS")
+        return setting != "0" and (self.cuda_graphs or setting == "1")
 
     def _valid_auto_compile_criteria(self, model_kwargs: dict, generation_config) -> bool:
         # generate() would torch.compile the decode step (reduce-overhead) because the cache is static; our own CUDA
