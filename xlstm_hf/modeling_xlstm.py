@@ -234,7 +234,7 @@ class XLSTMModel(XLSTMPreTrainedModel):
             name = "input_ids" if input_ids is not None else "inputs_embeds"
             raise ValueError(f"{name} must be a non-empty batch of sequences, got shape {tuple(tokens.shape)}")
         if input_ids is not None:
-            low, high = int(input_ids.min()), int(input_ids.max())
+            low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one host sync, not two
             if low < 0 or high >= self.config.vocab_size:
                 raise ValueError(
                     f"input_ids holds token id {low if low < 0 else high}, outside the vocabulary "
