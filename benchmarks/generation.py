@@ -15,6 +15,7 @@ import contextlib
 import json
 import time
 
+import results
 import torch
 
 
@@ -107,16 +108,11 @@ def main(argv=None) -> None:
     device = "cpu" if args.tiny else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmarks/generation.py needs a CUDA GPU (or --tiny for the CPU)")
-    import transformers
-
-    info = dict(device=torch.cuda.get_device_name() if device == "cuda" else "cpu", torch=torch.__version__,
-                transformers=transformers.__version__)
+    info = results.environment()
     print(json.dumps(info), flush=True)
     rows = [row for variant in args.variants for row in run_variant(args, variant, device)]
     print(table(rows))
-    if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(dict(info=info, args=vars(args), rows=rows), handle, indent=1)
+    results.write(args.out, info, args, rows)
 
 
 if __name__ == "__main__":

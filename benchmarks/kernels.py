@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+import results
 import torch
 import torch.nn.functional as F
 
@@ -232,17 +233,13 @@ def main(argv=None) -> None:
     if args.sweep:
         sweep(args)
         return
-    import triton
-
-    info = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__)
+    info = results.environment()
     print(json.dumps(info))
     rows = time_sequence(args, argv) + time_step(args)
     if args.profile:
         profile_ours(args)
     print(table(rows))
-    if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(dict(info=info, args=vars(args), rows=rows), handle, indent=1)
+    results.write(args.out, info, args, rows)
 
 
 if __name__ == "__main__":
