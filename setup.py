@@ -16,6 +16,7 @@ setup(
         "huggingface_hub",
         "tqdm",
     ],
+    entry_points={"console_scripts": ["xlstm-hf = xlstm_hf.cli:main"]},
     extras_require={
         "triton": ["triton>=3.6"],
         "peft": ["peft>=0.17"],

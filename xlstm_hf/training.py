@@ -74,7 +74,7 @@ def right_padded_batch(examples: list[dict], pad_token_id: int) -> dict:
 
 
 def save_atomically(output_dir: str | Path, *savables) -> Path:
-    """`save_pretrained` every object into a temporary sibling folder, then rename it to `output_dir` (replacing an
+    """Save every object (`save_pretrained`, or a function of the folder) into a temporary sibling folder, then rename it to `output_dir` (replacing an
     old one only once the new one is complete), so that a failure never leaves a half-written folder."""
     import shutil
     import tempfile
@@ -83,8 +83,8 @@ def save_atomically(output_dir: str | Path, *savables) -> Path:
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.tmp-"))
     try:
-        for obj in savables:
-            obj.save_pretrained(tmp)
+        for obj in savables:  # objects with save_pretrained, or functions of the folder
+            obj.save_pretrained(tmp) if hasattr(obj, "save_pretrained") else obj(tmp)
         old = None
         if output_dir.exists():
             old = output_dir.with_name(f".{output_dir.name}.old-{tmp.name.rsplit('-', 1)[-1]}")

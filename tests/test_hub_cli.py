@@ -1,0 +1,169 @@
+"""Hub repository files and upload operations, the remote-code bundle, checkpoint conversion, and the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, xLSTMConfig
+
+from helpers import make_tokenizer, random_ids, tiny_model
+from test_checkpoints import write_nxai_checkpoint
+from xlstm_hf import XLSTMConfig, XLSTMForCausalLM
+from xlstm_hf.conversion import convert_checkpoint, convert_weight_mode
+from xlstm_hf.hub import push_to_hub, save_for_hub
+from xlstm_hf.remote_code import export_remote_code
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_save_for_hub_writes_a_complete_repository(tmp_path):
+    model, tokenizer = tiny_model(), make_tokenizer()
+    folder = save_for_hub(model, tmp_path / "repo", tokenizer, repo_id="me/tiny-xlstm", base_model="NX-AI/xLSTM-7b",
+                          max_shard_size="100KB")
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors.index.json", "README.md",
+            "tokenizer.json", "tokenizer_config.json"} <= names
+    assert len([n for n in names if n.endswith(".safetensors")]) > 1
+    xLSTMConfig.from_pretrained(folder)  # vanilla transformers' strict validation
+    card = (folder / "README.md").read_text()
+    header = card.split("---")[1]
+    for line in ("library_name: transformers", "pipeline_tag: text-generation", "- xlstm", "- NX-AI/xLSTM-7b"):
+        assert line in header
+    assert 'from_pretrained("me/tiny-xlstm")' in card and "kernels" in card
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(folder), random_ids(1, 5)),
+                       logits(model, random_ids(1, 5)))
+
+
+def test_push_to_hub_hands_every_file_to_one_commit(tmp_path):
+    calls = {}
+
+    class FakeApi:  # records what would go over the network
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            calls["repo"] = (repo_id, private, exist_ok)
+
+        def create_commit(self, repo_id, operations, commit_message):
+            calls["paths"] = sorted(op.path_in_repo for op in operations)
+            calls["sizes"] = {op.path_in_repo: os.path.getsize(op.path_or_fileobj) for op in operations}
+            return "commit-info"
+
+    result = push_to_hub(tiny_model(), "me/tiny", make_tokenizer(), private=True, api=FakeApi())
+    assert result == "commit-info" and calls["repo"] == ("me/tiny", True, True)
+    assert {"config.json", "model.safetensors", "generation_config.json", "README.md", "tokenizer.json"} <= set(
+        calls["paths"])
+    assert all(size > 0 for size in calls["sizes"].values())
+
+
+REMOTE_LOAD = textwrap.dedent("""
+    import sys
+    sys.modules["xlstm_hf"] = None  # xlstm_hf cannot be imported in this process
+    import torch
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), type(model)
+    with torch.no_grad():
+        torch.save(model(torch.load(sys.argv[2])).logits, sys.argv[3])
+""")
+
+
+def test_remote_code_bundle_runs_without_xlstm_hf(tmp_path):
+    model = tiny_model(hidden_size=96, num_heads=4)  # widths that are not multiples of 64
+    folder = export_remote_code(tmp_path / "bundle", model)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_xlstm.XLSTMForCausalLM"
+    ids = random_ids(2, 11)
+    torch.save(ids, tmp_path / "ids.pt")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    run = subprocess.run([sys.executable, "-c", REMOTE_LOAD, str(folder), str(tmp_path / "ids.pt"),
+                          str(tmp_path / "out.pt")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert torch.equal(torch.load(tmp_path / "out.pt"), logits(model, ids))
+
+
+def test_weight_mode_conversion_both_ways():
+    single = tiny_model()
+    fused_config = XLSTMConfig.from_dict({**single.config.to_dict(), "weight_mode": "fused"})
+    fused = XLSTMForCausalLM(fused_config).eval()
+    fused.load_state_dict(convert_weight_mode(single.state_dict(), single.config, "fused"))
+    ids = random_ids(2, 13)
+    assert (logits(fused, ids) - logits(single, ids)).abs().max() < 1e-5
+    back = convert_weight_mode(fused.state_dict(), fused_config, "single")
+    assert back.keys() == single.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in single.state_dict().items())
+
+
+def test_convert_an_xlstm_large_state_dict(tmp_path):
+    from safetensors.torch import save_file
+
+    source = tiny_model()
+    state = {("embedding.weight" if k == "backbone.embeddings.weight" else k): v.contiguous()
+             for k, v in source.state_dict().items()}  # the xlstm package's xLSTMLarge keys
+    save_file(state, tmp_path / "xlstm_large.safetensors")
+    large_config = dict(embedding_dim=source.config.hidden_size, num_blocks=source.config.num_hidden_layers,
+                        num_heads=source.config.num_heads, vocab_size=source.config.vocab_size,
+                        chunk_size=source.config.chunk_size, chunkwise_kernel="chunkwise--triton_xl_chunk")
+    out = convert_checkpoint(tmp_path / "xlstm_large.safetensors", tmp_path / "out", dtype=torch.float32,
+                             xlstm_large_config=large_config)
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(out), random_ids(1, 9)),
+                       logits(source, random_ids(1, 9)))
+
+
+def test_convert_the_original_nxai_layout_to_clean_bf16(tmp_path):
+    source = tiny_model(hidden_size=64, num_heads=2, num_hidden_layers=3, chunk_size=64)
+    write_nxai_checkpoint(tmp_path / "nxai", source)
+    out = convert_checkpoint(tmp_path / "nxai", tmp_path / "clean", weight_mode="fused", dtype=torch.bfloat16)
+    converted = AutoModelForCausalLM.from_pretrained(out)
+    assert converted.dtype == torch.bfloat16 and converted.config.weight_mode == "fused"
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    ids = random_ids(2, 15, vocab=source.config.vocab_size)
+    reference = source.to(torch.bfloat16)
+    assert (logits(converted, ids) - logits(reference, ids)).abs().max() < 0.1
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "xlstm_hf", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def model_folder(tmp_path):
+    model, tokenizer = tiny_model(), make_tokenizer()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_cli_help_on_every_command():
+    assert cli("--help").returncode == 0
+    for command in ("generate", "convert", "export", "bench", "eval"):
+        run = cli(command, "--help")
+        assert run.returncode == 0 and "usage: xlstm-hf " + command in run.stdout
+
+
+def test_cli_generate_and_bench(model_folder):
+    run = cli("generate", "the way of", "--model", model_folder, "--max-new-tokens", 5)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("the way of") and "tokens/s" in run.stderr
+    run = cli("bench", "--model", model_folder, "--prompt-length", 64, "--new-tokens", 4)
+    assert run.returncode == 0 and "decode:" in run.stdout, run.stderr
+
+
+def test_cli_convert_and_export(model_folder, tmp_path):
+    assert cli("convert", model_folder, tmp_path / "fused", "--weight-mode", "fused").returncode == 0
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "fused").config.weight_mode == "fused"
+    run = cli("export", "--remote-code", tmp_path / "bundle", "--model", model_folder)
+    assert run.returncode == 0 and (tmp_path / "bundle" / "modeling_xlstm.py").is_file()
+
+
+def test_cli_errors_are_clear_and_leave_nothing_behind(tmp_path):
+    run = cli("convert", tmp_path / "nowhere", tmp_path / "out")
+    assert run.returncode == 2 and "nowhere" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+    run = cli("generate", "hi", "--model", tmp_path)
+    assert run.returncode == 2 and "config.json" in run.stderr

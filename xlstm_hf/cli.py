@@ -1,0 +1,188 @@
+"""The `xlstm-hf` command: generate, convert, export, bench, eval.
+
+    xlstm-hf --help
+    xlstm-hf generate "def fibonacci(n):" --model PATH
+    xlstm-hf convert SRC DST --weight-mode fused --dtype bfloat16
+    xlstm-hf export --remote-code DIR --model PATH
+    xlstm-hf bench --model PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model folder or Hub id")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu or cuda (default: best there is)")
+    parser.add_argument("--dtype", choices=DTYPES, help="weights' dtype (default: the checkpoint's)")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _load(args):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import xlstm_hf  # noqa: F401  (registers our classes)
+
+    path = Path(args.model)
+    if (path.exists() or str(args.model).startswith((".", "/"))) and not (path / "config.json").is_file():
+        raise CommandError(f"--model {args.model}: no config.json there")
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype) if args.dtype else "auto")
+    model = model.to(args.device).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    except (OSError, ValueError) as error:
+        raise CommandError(f"--model {args.model}: no tokenizer there ({error})") from None
+    return model, tokenizer
+
+
+def cmd_generate(args) -> None:
+    import torch
+
+    model, tokenizer = _load(args)
+    inputs = tokenizer(args.prompt, return_tensors="pt").to(args.device)
+    if inputs["input_ids"].shape[1] == 0:
+        raise CommandError("the prompt is empty after tokenization")
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                             temperature=args.temperature or None, top_p=args.top_p if args.temperature > 0 else None)
+    seconds = time.perf_counter() - start
+    new = out[0, inputs["input_ids"].shape[1]:]
+    print(args.prompt + tokenizer.decode(new, skip_special_tokens=True))
+    print(f"[{len(new)} tokens in {seconds:.2f} s: {len(new) / seconds:.1f} tokens/s, {model.kernel_backend} kernels "
+          f"on {args.device}]", file=sys.stderr)
+
+
+def cmd_convert(args) -> None:
+    import json
+
+    import torch
+
+    from .conversion import convert_checkpoint
+
+    large_config = None
+    if args.xlstm_large_config:
+        large_config = json.loads(Path(args.xlstm_large_config).read_text())
+    elif not (Path(args.source) / "config.json").is_file():
+        raise CommandError(f"{args.source}: not a checkpoint folder with a config.json (an xLSTMLarge state-dict file "
+                           "needs --xlstm-large-config)")
+    out = convert_checkpoint(args.source, args.destination, weight_mode=args.weight_mode,
+                             dtype=getattr(torch, args.dtype) if args.dtype else None,
+                             max_shard_size=args.max_shard_size, xlstm_large_config=large_config)
+    print(f"wrote {out}")
+
+
+def cmd_export(args) -> None:
+    from .remote_code import export_remote_code
+
+    model = None
+    if args.model:
+        import xlstm_hf  # noqa: F401
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(args.model)
+    out = export_remote_code(args.remote_code, model)
+    print(f"wrote a remote-code bundle to {out}: load it with trust_remote_code=True")
+
+
+def cmd_bench(args) -> None:
+    import torch
+
+    model, _ = _load(args)
+    ids = torch.randint(3, model.config.vocab_size, (args.batch, args.prompt_length), device=args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    with torch.no_grad():
+        model(ids[:, :16])  # warm-up (kernel compilation)
+        sync()
+        start = time.perf_counter()
+        out = model(ids, logits_to_keep=1)
+        sync()
+        prefill = time.perf_counter() - start
+        token = out.logits[:, -1:].argmax(-1)
+        start = time.perf_counter()
+        for _ in range(args.new_tokens):
+            out = model(token, cache=out.cache)
+            token = out.logits[:, -1:].argmax(-1)
+        sync()
+        decode = time.perf_counter() - start
+    print(f"prefill: {args.batch * args.prompt_length / prefill:,.0f} tokens/s ({prefill * 1e3:.1f} ms for "
+          f"{args.batch} x {args.prompt_length}); decode: {args.batch * args.new_tokens / decode:,.1f} tokens/s "
+          f"({model.kernel_backend} kernels on {args.device})")
+
+
+def cmd_eval(args) -> None:
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise CommandError("lm-eval is not installed: pip install 'xlstm_hf[eval]'") from None
+    raise CommandError("the lm-eval integration is not built yet (issue: evaluation)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xlstm-hf", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="complete a prompt and print tokens/s")
+    generate.add_argument("prompt")
+    _add_model_args(generate)
+    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    generate.add_argument("--top-p", type=float, default=0.95)
+    generate.set_defaults(run=cmd_generate)
+
+    convert = commands.add_parser("convert", help="convert a checkpoint (layout, weight mode, dtype)")
+    convert.add_argument("source", help="checkpoint folder (ours, transformers', NX-AI's) or an xLSTMLarge state dict")
+    convert.add_argument("destination", help="output folder (written atomically)")
+    convert.add_argument("--weight-mode", choices=["single", "fused"])
+    convert.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="default: bfloat16")
+    convert.add_argument("--max-shard-size", default="5GB")
+    convert.add_argument("--xlstm-large-config", help="JSON of the xlstm package's xLSTMLargeConfig for SOURCE")
+    convert.set_defaults(run=cmd_convert)
+
+    export = commands.add_parser("export", help="write a remote-code bundle (runs without xlstm_hf installed)")
+    export.add_argument("--remote-code", required=True, metavar="DIR", help="output folder")
+    export.add_argument("--model", help="also save this model's weights and config there")
+    export.set_defaults(run=cmd_export)
+
+    bench = commands.add_parser("bench", help="prefill and decode speed of a model")
+    _add_model_args(bench)
+    bench.add_argument("--prompt-length", type=int, default=512)
+    bench.add_argument("--new-tokens", type=int, default=32)
+    bench.add_argument("--batch", type=int, default=1)
+    bench.set_defaults(run=cmd_bench)
+
+    evaluate = commands.add_parser("eval", help="lm-eval with this implementation (arguments go to lm-eval)")
+    evaluate.add_argument("lm_eval_args", nargs=argparse.REMAINDER)
+    evaluate.set_defaults(run=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (CommandError, FileNotFoundError, ValueError) as error:
+        print(f"xlstm-hf {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

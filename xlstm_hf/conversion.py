@@ -1,0 +1,108 @@
+"""Checkpoint conversion: the xlstm package's xLSTMLarge state dicts, single <-> fused weight modes, dtype casts,
+and the original NX-AI/xLSTM-7b layout into a clean checkpoint of ours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .configuration_xlstm import XLSTMConfig
+from .modeling_xlstm import XLSTMForCausalLM
+from .training import save_atomically
+
+# (fused parameter, its single-mode parts in order) per block; split sizes come from the config.
+_FUSED = {
+    "mlstm_layer.qkv_opreact": ("mlstm_layer.q", "mlstm_layer.k", "mlstm_layer.v", "mlstm_layer.ogate_preact"),
+    "mlstm_layer.ifgate_preact": ("mlstm_layer.igate_preact", "mlstm_layer.fgate_preact"),
+    "ffn.proj_up_gate_z": ("ffn.proj_up_gate", "ffn.proj_up"),
+}
+
+
+def from_xlstm_large_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys of the xlstm package's `xLSTMLarge` onto ours (only the embedding differs)."""
+    return {("backbone.embeddings.weight" if key == "embedding.weight" else key): value
+            for key, value in state_dict.items()}
+
+
+def _split_sizes(config: XLSTMConfig, fused: str) -> list[int]:
+    return {
+        "mlstm_layer.qkv_opreact": [config.qk_dim, config.qk_dim, config.v_dim, config.v_dim],
+        "mlstm_layer.ifgate_preact": [config.num_heads, config.num_heads],
+        "ffn.proj_up_gate_z": [config.ffn_dim, config.ffn_dim],
+    }[fused]
+
+
+def convert_weight_mode(state_dict: dict[str, torch.Tensor], config: XLSTMConfig, weight_mode: str):
+    """A state dict of `config.weight_mode` rewritten for `weight_mode` ("single" or "fused"); exact (concatenation
+    or split along the output dim)."""
+    if weight_mode not in ("single", "fused"):
+        raise ValueError(f"weight_mode must be 'single' or 'fused', got {weight_mode!r}")
+    if weight_mode == config.weight_mode:
+        return dict(state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        prefix, _, rest = key.partition(".blocks.")
+        index, _, name = rest.partition(".")
+        module, _, kind = name.rpartition(".")
+        if not rest:
+            out[key] = value
+        elif weight_mode == "fused" and any(module in parts for parts in _FUSED.values()):
+            fused = next(f for f, parts in _FUSED.items() if module in parts)
+            if module == _FUSED[fused][0]:
+                parts = [state_dict[f"{prefix}.blocks.{index}.{p}.{kind}"] for p in _FUSED[fused]]
+                out[f"{prefix}.blocks.{index}.{fused}.{kind}"] = torch.cat(parts, dim=0)
+        elif weight_mode == "single" and module in _FUSED:
+            for part, piece in zip(_FUSED[module], value.split(_split_sizes(config, module), dim=0)):
+                out[f"{prefix}.blocks.{index}.{part}.{kind}"] = piece.clone()
+        else:
+            out[key] = value
+    return out
+
+
+def convert_checkpoint(
+    source: str | Path,
+    destination: str | Path,
+    weight_mode: str | None = None,
+    dtype: torch.dtype | None = torch.bfloat16,
+    max_shard_size: str = "5GB",
+    xlstm_large_config: dict | None = None,
+) -> Path:
+    """Load a checkpoint (ours, transformers', NX-AI's original layout, or with `xlstm_large_config` an xLSTMLarge
+    state-dict file), optionally change weight mode and dtype, and save a clean sharded checkpoint atomically."""
+    source = Path(source)
+    if xlstm_large_config is not None:
+        config = XLSTMConfig(**xlstm_large_config)
+        state_dict = from_xlstm_large_state_dict(_load_state_dict(source))
+    else:
+        if not (source / "config.json").is_file():
+            raise FileNotFoundError(f"no config.json in {source}")
+        model = XLSTMForCausalLM.from_pretrained(source, dtype=dtype or "auto")
+        config, state_dict = model.config, model.state_dict()
+    target_mode = weight_mode or config.weight_mode
+    state_dict = convert_weight_mode(state_dict, config, target_mode)
+    new_config = XLSTMConfig.from_dict({**config.to_dict(), "weight_mode": target_mode})
+    with torch.device("meta"):
+        model = XLSTMForCausalLM(new_config)
+    missing = set(model.state_dict()) - set(state_dict)
+    if missing:
+        raise ValueError(f"the checkpoint lacks {len(missing)} weights, e.g. {sorted(missing)[:3]}")
+    state_dict = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
+                  for k, v in tqdm(state_dict.items(), desc="converting", unit="tensor")}
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    if dtype is not None:
+        model.config.dtype = dtype
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+    return save_atomically(destination, lambda path: model.save_pretrained(path, max_shard_size=max_shard_size))
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"state dict not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)

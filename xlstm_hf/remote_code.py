@@ -1,0 +1,65 @@
+"""A remote-code bundle: our modeling and configuration code as sibling files plus `auto_map` in config.json, so
+`AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)` runs this implementation where xlstm_hf is
+not installed. transformers' dynamic loader resolves only sibling modules, so the package is flattened."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from .training import save_atomically
+
+PACKAGE = Path(__file__).resolve().parent
+# source file (in the package) -> flat name (in the bundle)
+FILES = {
+    "configuration_xlstm.py": "configuration_xlstm.py",
+    "modeling_xlstm.py": "modeling_xlstm.py",
+    "cache_xlstm.py": "cache_xlstm.py",
+    "decode_graph.py": "decode_graph.py",
+    "kernels/__init__.py": "xlstm_kernels.py",
+    "kernels/backend.py": "mlstm_backend.py",
+    "kernels/mlstm_torch.py": "mlstm_torch.py",
+    "kernels/mlstm_triton.py": "mlstm_triton.py",
+}
+RENAMES = {"kernels": "xlstm_kernels", "backend": "mlstm_backend"}
+AUTO_MAP = {
+    "AutoConfig": "configuration_xlstm.XLSTMConfig",
+    "AutoModel": "modeling_xlstm.XLSTMModel",
+    "AutoModelForCausalLM": "modeling_xlstm.XLSTMForCausalLM",
+}
+
+
+def flatten(source: str) -> str:
+    """Relative imports onto the flat names; the Triton import made optional (the loader refuses a bundle whose
+    files import a package that is not installed, except inside try blocks)."""
+    source = re.sub(r"from \.(\w+) import", lambda m: f"from .{RENAMES.get(m.group(1), m.group(1))} import", source)
+    return source.replace(
+        "import triton\nimport triton.language as tl\n",
+        "try:  # hidden from the loader's import check: Triton is optional\n    import triton\n"
+        "    import triton.language as tl\nexcept ImportError:  # triton_available() then reports False\n    raise\n",
+    )
+
+
+def export_remote_code(folder: str | Path, model=None) -> Path:
+    """Write the code (and, when given, the model's weights and config) into `folder`, atomically; config.json
+    gains `auto_map`. Without a model, an existing config.json in `folder` is kept and given `auto_map`."""
+    folder = Path(folder)
+    existing = folder / "config.json"
+
+    def write(path: Path) -> None:
+        if model is not None:
+            model.save_pretrained(path)
+        elif existing.is_file():
+            for item in folder.iterdir():
+                if item.is_file():
+                    (path / item.name).write_bytes(item.read_bytes())
+        for source, name in FILES.items():
+            (path / name).write_text(flatten((PACKAGE / source).read_text(encoding="utf-8")), encoding="utf-8")
+        config_file = path / "config.json"
+        if config_file.is_file():
+            config = json.loads(config_file.read_text())
+            config["auto_map"] = AUTO_MAP
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    return save_atomically(folder, write)
