@@ -55,6 +55,9 @@ def test_push_to_hub_hands_every_file_to_one_commit(tmp_path):
 
     result = push_to_hub(tiny_model(), "me/tiny", make_tokenizer(), private=True, api=FakeApi())
     assert result == "commit-info" and calls["repo"] == ("me/tiny", True, True)
+    paths = calls["paths"]
+    assert tiny_model().push_to_hub("me/tiny", tokenizer=make_tokenizer(), api=FakeApi()) == "commit-info"
+    assert calls["paths"] == paths  # the model's own push_to_hub uploads the same repository
     assert {"config.json", "model.safetensors", "generation_config.json", "README.md", "tokenizer.json"} <= set(
         calls["paths"])
     assert all(size > 0 for size in calls["sizes"].values())

@@ -424,6 +424,17 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, GenerationMixin):
         )
 
 
+    def push_to_hub(self, repo_id: str, tokenizer=None, base_model: str | None = None, private: bool = False,
+                    token: str | None = None, commit_message: str = "Upload xLSTM", max_shard_size: str = "5GB",
+                    api=None, **kwargs):
+        """Upload a complete repository in one commit: sharded safetensors, config, generation config, the
+        tokenizer when given, and a generated model card (see `xlstm_hf.hub`). Needs the network."""
+        from .hub import push_to_hub  # the hub module builds on this one
+
+        if kwargs:
+            raise TypeError(f"push_to_hub got unsupported arguments: {sorted(kwargs)}")
+        return push_to_hub(self, repo_id, tokenizer, base_model, private, token, commit_message, max_shard_size, api)
+
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         return soft_cap(self.lm_head(x.to(self.lm_head.weight.dtype)).float(), self.config.output_logit_soft_cap)
 
