@@ -128,10 +128,10 @@ def cmd_bench(args) -> None:
 
 def cmd_eval(args) -> None:
     try:
-        import lm_eval  # noqa: F401
-    except ImportError:
-        raise CommandError("lm-eval is not installed: pip install 'xlstm_hf[eval]'") from None
-    raise CommandError("the lm-eval integration is not built yet (issue: evaluation)")
+        from .eval import run_lm_eval_cli
+    except ImportError as error:
+        raise CommandError(f"lm-eval is not installed ({error}): pip install 'xlstm_hf[eval]'") from None
+    run_lm_eval_cli(args.lm_eval_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["eval"] and argv[1:2] not in (["-h"], ["--help"]):
+        # Everything after `eval` belongs to lm-eval, options included (argparse would claim those).
+        args = argparse.Namespace(command="eval", lm_eval_args=argv[1:], run=cmd_eval)
+    else:
+        args = build_parser().parse_args(argv)
     try:
         args.run(args)
     except (CommandError, FileNotFoundError, ValueError) as error:

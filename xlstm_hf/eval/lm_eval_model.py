@@ -1,0 +1,43 @@
+"""The lm-eval model `xlstm`: transformers' HFLM on our implementation.
+
+`--model hf` would load transformers' built-in xLSTM (which ignores padding masks); `--model xlstm` loads
+xlstm_hf's, takes the kernel choice, and gives lm-eval a context length: a recurrent model has no position limit,
+and lm-eval otherwise falls back to 2048 tokens and truncates longer prompts silently.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+import xlstm_hf
+
+# The context lm-eval may fill: memory does not grow with it, so any prompt of a benchmark fits.
+RECURRENT_MAX_LENGTH = 1 << 20
+
+
+@register_model("xlstm")
+class XLSTMLM(HFLM):
+    """lm-eval model for xLSTM checkpoints. Model args: `pretrained` (folder or Hub id), `kernels` (torch, triton,
+    auto), `max_length` (default 2**20), and HFLM's own (`dtype`, `device`, `batch_size`, ...)."""
+
+    def __init__(self, pretrained: str, kernels: str | None = None, max_length: int | None = None, **kwargs):
+        if kernels is not None:
+            xlstm_hf.set_kernel_backend(kernels)
+        super().__init__(pretrained=pretrained, backend="causal", max_length=max_length or RECURRENT_MAX_LENGTH,
+                         **kwargs)
+        if not isinstance(self.model, xlstm_hf.XLSTMForCausalLM):
+            raise TypeError(f"{pretrained} loaded as {type(self.model).__name__}, not an xLSTM checkpoint")
+
+
+def run_lm_eval_cli(argv: list[str]) -> None:
+    """lm-eval's command line with the `xlstm` model registered (and chosen, unless `--model` is given)."""
+    from lm_eval.__main__ import cli_evaluate
+
+    argv = list(argv)
+    if "--model" not in argv:
+        argv = ["--model", "xlstm", *argv]
+    sys.argv = ["lm-eval", *argv]
+    cli_evaluate()
