@@ -17,6 +17,8 @@ FILES = {
     "modeling_xlstm.py": "modeling_xlstm.py",
     "cache_xlstm.py": "cache_xlstm.py",
     "decode_graph.py": "decode_graph.py",
+    "hub.py": "hub.py",  # XLSTMForCausalLM.push_to_hub imports it
+    "training.py": "training.py",
     "kernels/__init__.py": "xlstm_kernels.py",
     "kernels/backend.py": "mlstm_backend.py",
     "kernels/mlstm_torch.py": "mlstm_torch.py",
