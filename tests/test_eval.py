@@ -83,3 +83,45 @@ def test_cli_pass_through(setup, tmp_path):
                           "--output_path", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "xlstm_local_mc" in run.stdout and list((tmp_path / "out").rglob("results*.json"))
+
+
+def test_leaderboard_normalisation_on_known_inputs(tmp_path):
+    from xlstm_hf.eval.leaderboard import bbh_choices, leaderboard_scores, normalise, write_report
+
+    bbh = bbh_choices()
+    assert len(bbh) == 24 and bbh["leaderboard_bbh_geometric_shapes"] == 11 and bbh["leaderboard_bbh_navigate"] == 2
+    assert normalise(0.6, 4) == pytest.approx(46.6667, abs=1e-3)  # the Leaderboard's own GPQA example
+    assert normalise(0.2, 4) == 0.0
+    results = {
+        "leaderboard_gpqa": {"acc_norm,none": 0.6, "acc_norm_stderr,none": 0.01},
+        "leaderboard_mmlu_pro": {"acc,none": 0.242, "acc_stderr,none": 0.004},
+        "leaderboard_musr_murder_mysteries": {"acc_norm,none": 0.7},
+        "leaderboard_musr_object_placements": {"acc_norm,none": 0.4},
+        "leaderboard_musr_team_allocation": {"acc_norm,none": 0.6},
+        "leaderboard_musr": {"acc_norm,none": 0.379, "acc_norm_stderr,none": 0.017},
+        "leaderboard_ifeval": {"inst_level_strict_acc,none": 0.3, "prompt_level_strict_acc,none": 0.2,
+                               "prompt_level_strict_acc_stderr,none": 0.017},
+        "leaderboard_math_hard": {"exact_match,none": 0.036, "exact_match_stderr,none": 0.005},
+        "leaderboard_bbh_navigate": {"acc_norm,none": 0.75},  # 2 choices: 50
+        "leaderboard_bbh_geometric_shapes": {"acc_norm,none": 1 / 11},  # at chance: 0
+        "leaderboard_bbh": {"acc_norm,none": 0.30, "acc_norm_stderr,none": 0.006},
+    }
+    scores = leaderboard_scores(results, bbh)
+    rows = scores["benchmarks"]
+    assert rows["GPQA"]["score"] == pytest.approx(46.6667, abs=1e-3)
+    assert rows["MMLU-Pro"]["score"] == pytest.approx((0.242 - 0.1) / 0.9 * 100)
+    # MuSR: the Leaderboard's example subtasks 0.7 / 0.4 / 0.6 give 40, 25 and 40, averaged.
+    assert rows["MuSR"]["score"] == pytest.approx((40 + 25 + 40) / 3, abs=1e-2)
+    assert rows["IFEval"]["score"] == pytest.approx(25.0)
+    assert rows["MATH"]["score"] == pytest.approx(3.6)
+    assert rows["BBH"]["score"] == pytest.approx(25.0)
+    assert scores["average"] == pytest.approx(sum(r["score"] for r in rows.values()) / 6) and scores["complete"]
+    assert rows["MMLU-Pro"]["beyond_stderr"] is False and rows["BBH"]["beyond_stderr"] is True  # 0.30 vs 0.381
+    md, js = write_report(scores, tmp_path / "report")
+    assert "| BBH | 25.00 | 0.300 | 0.006 | 0.381 | **yes** |" in md.read_text()
+    assert json.loads(js.read_text())["benchmarks"]["GPQA"]["score"] == pytest.approx(46.6667, abs=1e-3)
+    from xlstm_hf.eval.leaderboard import main
+
+    (tmp_path / "results.json").write_text(json.dumps({"results": results}))
+    main(["--from-results", str(tmp_path / "results.json"), "--output-dir", str(tmp_path / "cli")])
+    assert (tmp_path / "cli" / "leaderboard.md").read_text() == md.read_text()

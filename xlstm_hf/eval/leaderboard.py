@@ -1,0 +1,155 @@
+"""Open LLM Leaderboard v2 with the `xlstm` model: lm-eval's `leaderboard` group, then the Leaderboard's
+normalised scores beside NX-AI/xLSTM-7b's model-card raw scores.
+
+    python -m xlstm_hf.eval.leaderboard --help
+    python -m xlstm_hf.eval.leaderboard --model NX-AI/xLSTM-7b --output-dir leaderboard-out      # GPU, network
+    python -m xlstm_hf.eval.leaderboard --from-results results.json --output-dir report          # normalise only
+
+Normalisation (the Leaderboard's): per task max(0, (raw - 1/choices) / (1 - 1/choices)) * 100; BBH and MuSR per
+subtask, then averaged; IFEval the mean of instance- and prompt-level strict accuracy; MATH exact match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+# The model card's raw lm-eval scores for NX-AI/xLSTM-7b.
+MODEL_CARD_RAW = {"BBH": 0.381, "MMLU-Pro": 0.242, "MATH": 0.036, "MuSR": 0.379, "GPQA": 0.280, "IFEval": 0.244}
+MUSR_CHOICES = {"leaderboard_musr_murder_mysteries": 2, "leaderboard_musr_object_placements": 5,
+                "leaderboard_musr_team_allocation": 3}
+GPQA_CHOICES, MMLU_PRO_CHOICES = 4, 10
+
+
+def bbh_choices() -> dict[str, int]:
+    """Options per BBH subtask, read off lm-eval's own task files (its `doc_to_choice` lists)."""
+    import lm_eval
+    import yaml
+
+    folder = Path(lm_eval.__file__).parent / "tasks" / "leaderboard" / "bbh_mc"
+    choices = {}
+    for file in sorted(folder.glob("[!_]*.yaml")):
+        task = yaml.safe_load(file.read_text())
+        choices[task["task"]] = len(task["doc_to_choice"])
+    return choices
+
+
+def normalise(raw: float, choices: int) -> float:
+    """The Leaderboard's rescaling of an accuracy against random guessing among `choices`, in percent."""
+    baseline = 1.0 / choices
+    return max(0.0, (raw - baseline) / (1.0 - baseline)) * 100.0
+
+
+def _metric(results: dict, task: str, name: str) -> tuple[float, float]:
+    """(value, standard error) of `name` for `task` in lm-eval's results (keys like 'acc_norm,none')."""
+    entry = results[task]
+    key = next((k for k in entry if k.split(",")[0] == name), None)
+    if key is None:
+        raise KeyError(f"lm-eval results for {task} have no {name!r} (have: {sorted(entry)})")
+    stderr = entry.get(key.replace(name, f"{name}_stderr", 1))
+    return float(entry[key]), float(stderr) if isinstance(stderr, (int, float)) else math.nan
+
+
+def leaderboard_scores(results: dict, bbh: dict[str, int] | None = None) -> dict:
+    """Normalised score, raw score and standard error per benchmark, and the normalised average, from lm-eval's
+    `results["results"]` of the `leaderboard` group."""
+    bbh = bbh if bbh is not None else bbh_choices()
+    rows = {}
+    subtasks = [t for t in bbh if t in results]
+    if subtasks:
+        rows["BBH"] = dict(score=sum(normalise(_metric(results, t, "acc_norm")[0], bbh[t]) for t in subtasks)
+                           / len(subtasks), subtasks=len(subtasks))
+        if "leaderboard_bbh" in results:
+            rows["BBH"]["raw"], rows["BBH"]["stderr"] = _metric(results, "leaderboard_bbh", "acc_norm")
+    if "leaderboard_gpqa" in results:
+        raw, stderr = _metric(results, "leaderboard_gpqa", "acc_norm")
+        rows["GPQA"] = dict(score=normalise(raw, GPQA_CHOICES), raw=raw, stderr=stderr)
+    if "leaderboard_mmlu_pro" in results:
+        raw, stderr = _metric(results, "leaderboard_mmlu_pro", "acc")
+        rows["MMLU-Pro"] = dict(score=normalise(raw, MMLU_PRO_CHOICES), raw=raw, stderr=stderr)
+    musr = [t for t in MUSR_CHOICES if t in results]
+    if musr:
+        rows["MuSR"] = dict(score=sum(normalise(_metric(results, t, "acc_norm")[0], MUSR_CHOICES[t]) for t in musr)
+                            / len(musr), subtasks=len(musr))
+        if "leaderboard_musr" in results:
+            rows["MuSR"]["raw"], rows["MuSR"]["stderr"] = _metric(results, "leaderboard_musr", "acc_norm")
+    if "leaderboard_ifeval" in results:
+        inst, _ = _metric(results, "leaderboard_ifeval", "inst_level_strict_acc")
+        prompt, stderr = _metric(results, "leaderboard_ifeval", "prompt_level_strict_acc")
+        rows["IFEval"] = dict(score=(inst + prompt) / 2 * 100, raw=prompt, stderr=stderr)
+    if "leaderboard_math_hard" in results:
+        raw, stderr = _metric(results, "leaderboard_math_hard", "exact_match")
+        rows["MATH"] = dict(score=raw * 100, raw=raw, stderr=stderr)
+    for name, row in rows.items():
+        if name in MODEL_CARD_RAW and "raw" in row:
+            row["model_card_raw"] = MODEL_CARD_RAW[name]
+            row["beyond_stderr"] = abs(row["raw"] - MODEL_CARD_RAW[name]) > row["stderr"]
+    complete = len(rows) == len(MODEL_CARD_RAW)
+    average = sum(r["score"] for r in rows.values()) / len(rows) if rows else math.nan
+    return dict(benchmarks=rows, average=average, complete=complete)
+
+
+def markdown(scores: dict) -> str:
+    lines = ["| benchmark | normalised | raw | stderr | model card raw | differs beyond stderr |",
+             "|---|---|---|---|---|---|"]
+    for name, row in scores["benchmarks"].items():
+        raw = f"{row['raw']:.3f}" if "raw" in row else ""
+        stderr = f"{row['stderr']:.3f}" if "stderr" in row else ""
+        card = f"{row['model_card_raw']:.3f}" if "model_card_raw" in row else ""
+        flag = {True: "**yes**", False: "no"}.get(row.get("beyond_stderr"), "")
+        lines.append(f"| {name} | {row['score']:.2f} | {raw} | {stderr} | {card} | {flag} |")
+    note = "" if scores["complete"] else " (incomplete: not every benchmark ran)"
+    lines.append(f"\nAverage of the normalised scores: **{scores['average']:.2f}**{note}")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(scores: dict, output_dir: str | Path) -> tuple[Path, Path]:
+    """leaderboard.md and leaderboard.json in `output_dir`."""
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    md, js = folder / "leaderboard.md", folder / "leaderboard.json"
+    md.write_text("# Open LLM Leaderboard v2\n\n" + markdown(scores))
+    js.write_text(json.dumps(scores, indent=1, default=str) + "\n")
+    return md, js
+
+
+def run(model: str, batch_size: str = "auto", dtype: str = "bfloat16", device: str = "cuda", kernels: str = "auto",
+        limit: int | None = None, tasks: list[str] | None = None) -> dict:
+    """lm-eval's `leaderboard` group with the Leaderboard's settings for a base model (no chat template)."""
+    from lm_eval import simple_evaluate
+
+    from . import lm_eval_model  # noqa: F401  (registers `xlstm`)
+
+    output = simple_evaluate(model="xlstm", model_args=f"pretrained={model},dtype={dtype},kernels={kernels}",
+                             tasks=tasks or ["leaderboard"], batch_size=batch_size, device=device, limit=limit,
+                             apply_chat_template=False, fewshot_as_multiturn=False, log_samples=False)
+    return output["results"]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="checkpoint folder or Hub id to evaluate")
+    source.add_argument("--from-results", help="an lm-eval results JSON to normalise (no evaluation)")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--batch-size", default="auto")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--kernels", default="auto", choices=["auto", "torch", "triton"])
+    parser.add_argument("--limit", type=int, help="documents per task (a smoke test, not a score)")
+    args = parser.parse_args(argv)
+    if args.from_results:
+        results = json.loads(Path(args.from_results).read_text())
+        results = results.get("results", results)
+    else:
+        results = run(args.model, args.batch_size, args.dtype, args.device, args.kernels, args.limit)
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.output_dir) / "lm_eval_results.json").write_text(json.dumps(results, indent=1, default=str))
+    md, _ = write_report(leaderboard_scores(results), args.output_dir)
+    print(md.read_text())
+
+
+if __name__ == "__main__":
+    main()
