@@ -27,7 +27,8 @@ def logits(model, ids):
 def test_save_and_load_round_trip(tmp_path, weight_mode, tied):
     model = tiny_model(weight_mode=weight_mode, tie_word_embeddings=tied)
     model.save_pretrained(tmp_path)
-    assert (tmp_path / "model.safetensors").exists()
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "generation_config.json").exists()
+    assert (tmp_path / "README.md").read_text().startswith("---\nlibrary_name: transformers")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert type(loaded) is XLSTMForCausalLM
     assert (loaded.lm_head.weight is loaded.backbone.embeddings.weight) == tied

@@ -424,6 +424,16 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, GenerationMixin):
         )
 
 
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """transformers' save_pretrained, plus a generated model card (README.md) when the folder has none."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        card = os.path.join(save_directory, "README.md")
+        if kwargs.get("is_main_process", True) and not os.path.exists(card):
+            from .hub import model_card  # the hub module builds on this one
+
+            with open(card, "w", encoding="utf-8") as handle:
+                handle.write(model_card(self))
+
     def push_to_hub(self, repo_id: str, tokenizer=None, base_model: str | None = None, private: bool = False,
                     token: str | None = None, commit_message: str = "Upload xLSTM", max_shard_size: str = "5GB",
                     api=None, **kwargs):
