@@ -55,26 +55,21 @@ def _metric(results: dict, task: str, name: str) -> tuple[float, float]:
 def leaderboard_scores(results: dict, bbh: dict[str, int] | None = None) -> dict:
     """Normalised score, raw score and standard error per benchmark, and the normalised average, from lm-eval's
     `results["results"]` of the `leaderboard` group."""
-    bbh = bbh if bbh is not None else bbh_choices()
     rows = {}
-    subtasks = [t for t in bbh if t in results]
-    if subtasks:
-        rows["BBH"] = dict(score=sum(normalise(_metric(results, t, "acc_norm")[0], bbh[t]) for t in subtasks)
-                           / len(subtasks), subtasks=len(subtasks))
-        if "leaderboard_bbh" in results:
-            rows["BBH"]["raw"], rows["BBH"]["stderr"] = _metric(results, "leaderboard_bbh", "acc_norm")
+    for name, group, choices in (("BBH", "leaderboard_bbh", bbh if bbh is not None else bbh_choices()),
+                                 ("MuSR", "leaderboard_musr", MUSR_CHOICES)):
+        subtasks = [t for t in choices if t in results]  # normalised one by one, then averaged
+        if subtasks:
+            rows[name] = dict(score=sum(normalise(_metric(results, t, "acc_norm")[0], choices[t]) for t in subtasks)
+                              / len(subtasks), subtasks=len(subtasks))
+            if group in results:
+                rows[name]["raw"], rows[name]["stderr"] = _metric(results, group, "acc_norm")
     if "leaderboard_gpqa" in results:
         raw, stderr = _metric(results, "leaderboard_gpqa", "acc_norm")
         rows["GPQA"] = dict(score=normalise(raw, GPQA_CHOICES), raw=raw, stderr=stderr)
     if "leaderboard_mmlu_pro" in results:
         raw, stderr = _metric(results, "leaderboard_mmlu_pro", "acc")
         rows["MMLU-Pro"] = dict(score=normalise(raw, MMLU_PRO_CHOICES), raw=raw, stderr=stderr)
-    musr = [t for t in MUSR_CHOICES if t in results]
-    if musr:
-        rows["MuSR"] = dict(score=sum(normalise(_metric(results, t, "acc_norm")[0], MUSR_CHOICES[t]) for t in musr)
-                            / len(musr), subtasks=len(musr))
-        if "leaderboard_musr" in results:
-            rows["MuSR"]["raw"], rows["MuSR"]["stderr"] = _metric(results, "leaderboard_musr", "acc_norm")
     if "leaderboard_ifeval" in results:
         inst, _ = _metric(results, "leaderboard_ifeval", "inst_level_strict_acc")
         prompt, stderr = _metric(results, "leaderboard_ifeval", "prompt_level_strict_acc")
