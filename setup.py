@@ -20,7 +20,7 @@ setup(
     extras_require={
         "triton": ["triton>=3.6"],
         "peft": ["peft>=0.17"],
-        "eval": ["lm_eval>=0.4.8"],
+        "eval": ["lm_eval>=0.4.8", "wonderwords"],  # wonderwords: RULER's common-words task
         "dev": ["pytest>=8", "accelerate>=1.0", "peft>=0.17"],
     },
 )

@@ -125,3 +125,39 @@ def test_leaderboard_normalisation_on_known_inputs(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"results": results}))
     main(["--from-results", str(tmp_path / "results.json"), "--output-dir", str(tmp_path / "cli")])
     assert (tmp_path / "cli" / "leaderboard.md").read_text() == md.read_text()
+
+
+def test_ruler_task_selection_and_report(tmp_path):
+    from xlstm_hf.eval.ruler import OFFLINE_TASKS, ruler_report, select_tasks, write_report
+
+    tasks, skipped = select_tasks()
+    assert tasks == list(OFFLINE_TASKS) and len(skipped) == 7
+    assert "--essays" in skipped["niah_single_2"] and "--squad" in skipped["ruler_qa_squad"]
+    tasks, skipped = select_tasks(essays="e.txt", squad="s.json", hotpot="h.json")
+    assert len(tasks) == 13 and not skipped
+    results = {"niah_single_1": {"4096,none": 0.9, "4096_stderr,none": "N/A", "8192,none": 0.5},
+               "ruler_vt": {"4096,none": 0.3, "8192,none": 0.1}, "ruler": {"4096,none": 0.6}}
+    report = ruler_report(results, lengths=(4096, 8192), skipped=select_tasks()[1])
+    assert report["average"] == pytest.approx({4096: 60.0, 8192: 30.0})
+    assert report["paper_average"] == {4096: 54.4, 8192: 42.9} and not report["complete"]
+    md, js = write_report(report, tmp_path)
+    text = md.read_text()
+    assert "| **average** | **60.0** | **30.0** |" in text and "| paper (xLSTM 7B) | 54.4 | 42.9 |" in text
+    assert "niah_single_2: needs the Paul Graham essays" in text and json.loads(js.read_text())["tasks"]
+
+
+def test_ruler_prompts_synthesised_offline_with_the_models_tokenizer(setup, tmp_path):
+    from lm_eval.tasks.ruler import niah_utils
+
+    from xlstm_hf.eval.ruler import local_files
+
+    tokenizer_path = str(setup[0])
+    synthetic = niah_utils.niah_single_1(max_seq_lengths=[256], pretrained=tokenizer_path)["test"]
+    tokenizer = make_tokenizer()
+    assert all(len(tokenizer(s["input"])["input_ids"]) <= 256 for s in synthetic.select(range(20)))
+    assert all(str(s["outputs"][0]) in s["input"] for s in synthetic.select(range(20)))  # the needle is there
+    # The essay tasks read the local copy (their synthesis also needs NLTK's punkt_tab data, a download).
+    (tmp_path / "essays.txt").write_text(" ".join(WORDS * 200))
+    with local_files(essays=str(tmp_path / "essays.txt")):
+        assert niah_utils.get_haystack(type_haystack="essay")[:4] == ["the", "way", "of", "word"]
+    assert niah_utils.get_haystack(type_haystack="repeat").startswith("The grass is green")  # restored

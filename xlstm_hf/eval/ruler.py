@@ -1,0 +1,152 @@
+"""RULER with the `xlstm` model: lm-eval's `ruler` tasks over 4K to 128K tokens, beside the paper's xLSTM 7B averages.
+
+    python -m xlstm_hf.eval.ruler --help
+    python -m xlstm_hf.eval.ruler --model NX-AI/xLSTM-7b --output-dir ruler-out --essays essays.txt \\
+        --squad dev-v2.0.json --hotpot hotpot_dev_distractor_v1.json
+
+Prompts are synthesised with the model's own tokenizer at each length (passed to lm-eval as metadata). Six tasks
+are synthetic and run offline; seven read data that lm-eval downloads (Paul Graham essays from the Hub for five
+needle tasks, which also need NLTK's punkt_tab data; SQuAD and HotpotQA for the two QA tasks): give local copies of
+those files, or they are skipped and the report says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import re
+from pathlib import Path
+
+LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072)
+PAPER_AVERAGE = {4096: 54.4, 8192: 42.9, 16384: 30.4, 32768: 18.5, 65536: 12.6, 131072: 11.4}  # xLSTM 7B, %
+OFFLINE_TASKS = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "ruler_vt", "ruler_cwe", "ruler_fwe")
+ESSAY_TASKS = ("niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multivalue", "niah_multiquery")
+QA_TASKS = {"ruler_qa_squad": "squad", "ruler_qa_hotpot": "hotpot"}
+
+
+def select_tasks(essays: str | None = None, squad: str | None = None, hotpot: str | None = None):
+    """The tasks that can run with these local files, and {skipped task: why}."""
+    tasks, skipped = list(OFFLINE_TASKS), {}
+    for task in ESSAY_TASKS:
+        if essays:
+            tasks.append(task)
+        else:
+            skipped[task] = ("needs the Paul Graham essays (Hub dataset baber/paul_graham_essays): pass --essays "
+                             "(and NLTK's punkt_tab data, which lm-eval's synthesis also loads)")
+    for task, name in QA_TASKS.items():
+        if {"squad": squad, "hotpot": hotpot}[name]:
+            tasks.append(task)
+        else:
+            skipped[task] = f"needs the {name} dev JSON (downloaded by lm-eval): pass --{name}"
+    return tasks, skipped
+
+
+@contextlib.contextmanager
+def local_files(essays: str | None = None, squad: str | None = None, hotpot: str | None = None):
+    """Serve lm-eval's RULER downloads from local copies: essays as one text file (or .jsonl with "text"), the QA
+    sets as the JSON files lm-eval would fetch."""
+    from lm_eval.tasks.ruler import niah_utils, prepare_niah, qa_utils
+
+    original_haystack, original_json = prepare_niah.get_haystack, qa_utils.download_json
+
+    def get_haystack(type_haystack):
+        if type_haystack != "essay":
+            return original_haystack(type_haystack)
+        if not essays:
+            raise RuntimeError("no local essays given (--essays)")
+        from ..training import read_texts
+
+        return re.sub(r"\s+", " ", " ".join(read_texts([essays]))).split(" ")
+
+    def download_json(url):
+        path = squad if "squad" in url.lower() else hotpot if "hotpot" in url.lower() else None
+        if not path:
+            raise RuntimeError(f"no local copy of {url}")
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+
+    # niah_utils imported get_haystack by name: patch it where it is used too.
+    prepare_niah.get_haystack = niah_utils.get_haystack = get_haystack
+    qa_utils.download_json = download_json
+    try:
+        yield
+    finally:
+        prepare_niah.get_haystack = niah_utils.get_haystack = original_haystack
+        qa_utils.download_json = original_json
+
+
+def ruler_report(results: dict, lengths=LENGTHS, skipped: dict | None = None) -> dict:
+    """Per task and length accuracy (%) from lm-eval's `results["results"]`, the average per length, the paper's."""
+    per_task = {}
+    for task, metrics in results.items():
+        scores = {int(k.split(",")[0]): float(v) * 100 for k, v in metrics.items()
+                  if k.split(",")[0].isdigit() and isinstance(v, (int, float)) and not math.isnan(float(v))}
+        if scores and task != "ruler":
+            per_task[task] = scores
+    average = {n: sum(s[n] for s in per_task.values() if n in s) / sum(n in s for s in per_task.values())
+               for n in lengths if any(n in s for s in per_task.values())}
+    return dict(tasks=per_task, average=average, paper_average={n: PAPER_AVERAGE[n] for n in average},
+                skipped=skipped or {}, complete=not skipped)
+
+
+def markdown(report: dict) -> str:
+    lengths = list(report["average"])
+    head = "| task | " + " | ".join(f"{n // 1024}K" for n in lengths) + " |"
+    lines = [head, "|---|" + "---|" * len(lengths)]
+    for task, scores in sorted(report["tasks"].items()):
+        lines.append(f"| {task} | " + " | ".join(f"{scores[n]:.1f}" if n in scores else "" for n in lengths) + " |")
+    lines.append("| **average** | " + " | ".join(f"**{report['average'][n]:.1f}**" for n in lengths) + " |")
+    lines.append("| paper (xLSTM 7B) | " + " | ".join(f"{report['paper_average'][n]:.1f}" for n in lengths) + " |")
+    if report["skipped"]:
+        lines.append("\nSkipped (the average covers only the tasks above, so it is not the paper's 13-task mean):")
+        lines += [f"- {task}: {why}" for task, why in report["skipped"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, output_dir: str | Path) -> tuple[Path, Path]:
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    md, js = folder / "ruler.md", folder / "ruler.json"
+    md.write_text("# RULER\n\n" + markdown(report))
+    js.write_text(json.dumps(report, indent=1) + "\n")
+    return md, js
+
+
+def run(model: str, tasks: list[str], lengths=LENGTHS, batch_size: str = "1", dtype: str = "bfloat16",
+        device: str = "cuda", kernels: str = "auto", limit: int | None = None) -> dict:
+    """lm-eval on `tasks`, prompts synthesised at `lengths` with the model's tokenizer."""
+    from lm_eval import simple_evaluate
+
+    from . import lm_eval_model  # noqa: F401  (registers `xlstm`)
+
+    output = simple_evaluate(model="xlstm", model_args=f"pretrained={model},dtype={dtype},kernels={kernels}",
+                             tasks=tasks, batch_size=batch_size, device=device, limit=limit,
+                             metadata={"max_seq_lengths": list(lengths), "tokenizer": model})
+    return output["results"]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (its tokenizer sizes prompts)")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
+    parser.add_argument("--essays", help="local Paul Graham essays (text, or .jsonl with a 'text' field)")
+    parser.add_argument("--squad", help="local SQuAD v2 dev JSON")
+    parser.add_argument("--hotpot", help="local HotpotQA dev (distractor) JSON")
+    parser.add_argument("--batch-size", default="1")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--kernels", default="auto", choices=["auto", "torch", "triton"])
+    parser.add_argument("--limit", type=int, help="samples per task (a smoke test, not a score)")
+    args = parser.parse_args(argv)
+    tasks, skipped = select_tasks(args.essays, args.squad, args.hotpot)
+    with local_files(args.essays, args.squad, args.hotpot):
+        results = run(args.model, tasks, args.lengths, args.batch_size, args.dtype, args.device, args.kernels,
+                      args.limit)
+    md, _ = write_report(ruler_report(results, args.lengths, skipped), args.output_dir)
+    print(md.read_text())
+
+
+if __name__ == "__main__":
+    main()
