@@ -74,7 +74,7 @@ def test_adapters_save_reload_and_merge(tmp_path, weight_mode):
         assert torch.equal(reloaded(input_ids=ids).logits, expected)
         merged = reloaded.merge_and_unload()
         assert not any(hasattr(m, "lora_A") for m in merged.modules())
-        assert (merged(input_ids=ids).logits - expected).abs().max() < 1e-5
+        assert (merged(input_ids=ids).logits - expected).abs().max() < 1e-4  # float32 rounding of W + BA
 
 
 def test_generate_from_a_peft_model_equals_the_merged_model():
