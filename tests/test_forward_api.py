@@ -116,19 +116,6 @@ def test_prefill_then_continue_equals_full_forward():
     assert step.cache is out.cache and out.cache.get_seq_length() == 25
 
 
-def test_left_padded_batch_matches_each_row_alone():
-    model = tiny_model()
-    rows = [random_ids(1, 13, seed=1), random_ids(1, 6, seed=2)]
-    batch = torch.full((2, 13), 1)
-    mask = torch.zeros(2, 13, dtype=torch.long)
-    for r, row in enumerate(rows):
-        batch[r, -row.shape[1]:], mask[r, -row.shape[1]:] = row, 1
-    padded = model(batch, attention_mask=mask).logits
-    for r, row in enumerate(rows):
-        alone = model(row).logits
-        assert (padded[r, -row.shape[1]:] - alone[0]).abs().max() < 1e-5
-
-
 def test_meta_device_and_device_map(tmp_path):
     model = tiny_model()
     model.save_pretrained(tmp_path)

@@ -47,7 +47,7 @@ def test_precedence_python_over_environment_over_config(monkeypatch):
 
 def test_cpu_runs_the_reference_and_a_triton_request_falls_back(monkeypatch, caplog):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    backend._log_once.cache_clear()
+    backend._decide.cache_clear()
     assert resolve_backend("cpu") == "torch"
     with caplog.at_level(logging.WARNING, logger=backend.__name__):
         xlstm_hf.set_kernel_backend("triton")

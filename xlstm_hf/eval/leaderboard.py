@@ -102,38 +102,29 @@ def markdown(scores: dict) -> str:
 
 def write_report(scores: dict, output_dir: str | Path) -> tuple[Path, Path]:
     """leaderboard.md and leaderboard.json in `output_dir`."""
-    folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    md, js = folder / "leaderboard.md", folder / "leaderboard.json"
-    md.write_text("# Open LLM Leaderboard v2\n\n" + markdown(scores))
-    js.write_text(json.dumps(scores, indent=1, default=str) + "\n")
-    return md, js
+    from .lm_eval_model import write_report
+
+    return write_report(output_dir, "leaderboard", "Open LLM Leaderboard v2", markdown(scores), scores)
 
 
 def run(model: str, batch_size: str = "auto", dtype: str = "bfloat16", device: str = "cuda", kernels: str = "auto",
-        limit: int | None = None, tasks: list[str] | None = None) -> dict:
+        limit: int | None = None) -> dict:
     """lm-eval's `leaderboard` group with the Leaderboard's settings for a base model (no chat template)."""
-    from lm_eval import simple_evaluate
+    from .lm_eval_model import evaluate
 
-    from . import lm_eval_model  # noqa: F401  (registers `xlstm`)
-
-    output = simple_evaluate(model="xlstm", model_args=f"pretrained={model},dtype={dtype},kernels={kernels}",
-                             tasks=tasks or ["leaderboard"], batch_size=batch_size, device=device, limit=limit,
-                             apply_chat_template=False, fewshot_as_multiturn=False, log_samples=False)
-    return output["results"]
+    return evaluate(model, ["leaderboard"], dtype, kernels, batch_size=batch_size, device=device, limit=limit,
+                    apply_chat_template=False, fewshot_as_multiturn=False, log_samples=False)
 
 
 def main(argv=None) -> None:
+    from .lm_eval_model import add_run_arguments
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="checkpoint folder or Hub id to evaluate")
     source.add_argument("--from-results", help="an lm-eval results JSON to normalise (no evaluation)")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--batch-size", default="auto")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--kernels", default="auto", choices=["auto", "torch", "triton"])
-    parser.add_argument("--limit", type=int, help="documents per task (a smoke test, not a score)")
+    add_run_arguments(parser, batch_size="auto")
     args = parser.parse_args(argv)
     if args.from_results:
         results = json.loads(Path(args.from_results).read_text())

@@ -7,7 +7,10 @@ and lm-eval otherwise falls back to 2048 tokens and truncates longer prompts sil
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+from pathlib import Path
 
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
@@ -41,3 +44,33 @@ def run_lm_eval_cli(argv: list[str]) -> None:
         argv = ["--model", "xlstm", *argv]
     sys.argv = ["lm-eval", *argv]
     cli_evaluate()
+
+
+def add_run_arguments(parser, batch_size: str) -> None:
+    """The options every runner passes on to lm-eval (`--batch-size` defaults differ per benchmark)."""
+    parser.add_argument("--batch-size", default=batch_size, help=f"lm-eval batch size (default: {batch_size})")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--kernels", default="auto", choices=["auto", "torch", "triton"])
+    parser.add_argument("--limit", type=int, help="documents per task (a smoke test, not a score)")
+
+
+def evaluate(model: str, tasks: list[str], dtype: str = "bfloat16", kernels: str = "auto", **kwargs) -> dict:
+    """lm-eval's `simple_evaluate` with the `xlstm` model; returns `results["results"]`."""
+    from lm_eval import simple_evaluate
+
+    output = simple_evaluate(model="xlstm", model_args=f"pretrained={model},dtype={dtype},kernels={kernels}",
+                             tasks=tasks, **kwargs)
+    return output["results"]
+
+
+def write_report(folder: str | Path, stem: str, title: str, markdown: str, data: dict) -> tuple[Path, Path]:
+    """`stem`.md and `stem`.json in `folder`, each written to a temporary file and renamed into place."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / f"{stem}.md", folder / f"{stem}.json"
+    for path, text in zip(paths, (f"# {title}\n\n{markdown}", json.dumps(data, indent=1, default=str) + "\n")):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return paths

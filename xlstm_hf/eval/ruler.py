@@ -105,28 +105,24 @@ def markdown(report: dict) -> str:
 
 
 def write_report(report: dict, output_dir: str | Path) -> tuple[Path, Path]:
-    folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    md, js = folder / "ruler.md", folder / "ruler.json"
-    md.write_text("# RULER\n\n" + markdown(report))
-    js.write_text(json.dumps(report, indent=1) + "\n")
-    return md, js
+    """ruler.md and ruler.json in `output_dir`."""
+    from .lm_eval_model import write_report
+
+    return write_report(output_dir, "ruler", "RULER", markdown(report), report)
 
 
 def run(model: str, tasks: list[str], lengths=LENGTHS, batch_size: str = "1", dtype: str = "bfloat16",
         device: str = "cuda", kernels: str = "auto", limit: int | None = None) -> dict:
     """lm-eval on `tasks`, prompts synthesised at `lengths` with the model's tokenizer."""
-    from lm_eval import simple_evaluate
+    from .lm_eval_model import evaluate
 
-    from . import lm_eval_model  # noqa: F401  (registers `xlstm`)
-
-    output = simple_evaluate(model="xlstm", model_args=f"pretrained={model},dtype={dtype},kernels={kernels}",
-                             tasks=tasks, batch_size=batch_size, device=device, limit=limit,
-                             metadata={"max_seq_lengths": list(lengths), "tokenizer": model})
-    return output["results"]
+    return evaluate(model, tasks, dtype, kernels, batch_size=batch_size, device=device, limit=limit,
+                    metadata={"max_seq_lengths": list(lengths), "tokenizer": model})
 
 
 def main(argv=None) -> None:
+    from .lm_eval_model import add_run_arguments
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (its tokenizer sizes prompts)")
     parser.add_argument("--output-dir", required=True)
@@ -134,11 +130,7 @@ def main(argv=None) -> None:
     parser.add_argument("--essays", help="local Paul Graham essays (text, or .jsonl with a 'text' field)")
     parser.add_argument("--squad", help="local SQuAD v2 dev JSON")
     parser.add_argument("--hotpot", help="local HotpotQA dev (distractor) JSON")
-    parser.add_argument("--batch-size", default="1")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--kernels", default="auto", choices=["auto", "torch", "triton"])
-    parser.add_argument("--limit", type=int, help="samples per task (a smoke test, not a score)")
+    add_run_arguments(parser, batch_size="1")
     args = parser.parse_args(argv)
     tasks, skipped = select_tasks(args.essays, args.squad, args.hotpot)
     with local_files(args.essays, args.squad, args.hotpot):

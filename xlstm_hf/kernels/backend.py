@@ -77,11 +77,6 @@ def triton_available() -> bool:
     return True
 
 
-@functools.cache
-def _log_once(message: str, warning: bool = False) -> None:
-    (logger.warning if warning else logger.info)(message)
-
-
 def requested_backend(preference: str | None = None) -> str:
     """What is asked for, before looking at the device: override, then environment, then the preference."""
     if _override is not None:
@@ -92,19 +87,25 @@ def requested_backend(preference: str | None = None) -> str:
 
 
 def resolve_backend(device: torch.device | str, preference: str | None = None) -> str:
-    """The backend that will run on `device`: "torch" or "triton"."""
+    """The backend that will run on `device`: "torch" or "triton". Called for every layer of every forward, so the
+    decision itself is cached (and logged once) per device type and request."""
     requested = requested_backend(preference)
     # Triton's interpreter (TRITON_INTERPRET=1) runs the kernels on CPU tensors: slow, for tests, and only when
     # asked for explicitly (Python or environment), never because a loaded config names a Triton kernel.
     explicit = _override is not None or bool(os.environ.get(ENV_VAR))
     interpreted = explicit and requested == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
-    usable = (torch.device(device).type == "cuda" or interpreted) and triton_available()
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    return _decide(device_type, requested, interpreted)
+
+
+@functools.cache
+def _decide(device_type: str, requested: str, interpreted: bool) -> str:
+    usable = (device_type == "cuda" or interpreted) and triton_available()
     if requested == "triton" and not usable:
-        _log_once(f"mLSTM kernels: Triton requested but not usable on {device}; using the PyTorch reference.",
-                  warning=True)
+        logger.warning(f"mLSTM kernels: Triton requested but not usable on {device_type}; using the PyTorch reference.")
         return "torch"
     chosen = "triton" if requested in ("auto", "triton") and usable else "torch"
-    _log_once(f"mLSTM kernels: {chosen} on {torch.device(device).type} (requested: {requested})")
+    logger.info(f"mLSTM kernels: {chosen} on {device_type} (requested: {requested})")
     return chosen
 
 
