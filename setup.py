@@ -8,6 +8,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["xlstm_hf", "xlstm_hf.*"]),
+    # the small model shipped with the package (xlstm_hf.default_model_path()): weights, tokenizer, card, loss curve
+    package_data={"xlstm_hf": ["default_model/*"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
@@ -21,6 +23,8 @@ setup(
         "triton": ["triton>=3.6"],
         "peft": ["peft>=0.17"],
         "eval": ["lm_eval>=0.4.8", "wonderwords"],  # wonderwords: RULER's common-words task
-        "dev": ["pytest>=8", "accelerate>=1.0", "peft>=0.17"],
+        # xlstm: the reference of the xLSTM[a:b] parity tests (tests/test_xlstm_stack.py); a test dependency only,
+        # never imported by xlstm_hf (NXAI Community License). Its own dependencies keep the installed torch.
+        "dev": ["pytest>=8", "accelerate>=1.0", "peft>=0.17", "xlstm==2.0.6"],
     },
 )

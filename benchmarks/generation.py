@@ -1,106 +1,261 @@
-"""Inference through `model.generate` (greedy, min_new_tokens = max_new_tokens), random bf16 weights of the 7B
-config (speed does not depend on the values): time to first token and decode speed against prompt length, and peak
-GPU memory, for xlstm_hf (decode from CUDA graphs, and eager) and transformers' own xLSTM.
+"""The paper's inference benchmark through `model.generate` (greedy, min_new_tokens = max_new_tokens), side by side:
+xlstm_hf (decode replayed from a CUDA graph, the default, and eager), transformers' own xLSTM, Llama-2-7B and
+Llama-3.1-8B (static cache + torch.compile, transformers' fastest generate path) and FalconMamba-7B.
+`xlstm_hf_fused` is the same model in the fused weight layout (`xlstm-hf convert --weight-mode fused`). All models are
+built from their published configs with random bf16 weights: speed does not depend on the values.
+
+Suites (`--suites`):
+  latency   time to first token and decode tokens/s against the prompt length, with peak GPU memory
+  prefill   prefill tokens/s with 65,536 tokens a batch (32 x 2K, 8 x 8K, 2 x 32K)
+  batch     decode tokens/s of a batch of 32 after 512-token prompts
+  memory    peak GPU memory while one sequence generates `--memory-tokens` tokens
 
     python benchmarks/generation.py --help
-    python benchmarks/generation.py --prompt-lengths 0 2048 16384 --new-tokens 128 --out results/generation.json
+    python benchmarks/generation.py --suites latency --prompt-lengths 0 2048 16384 131072 --out results/gen.json
+    python benchmarks/plots.py results/gen.json docs/img      # the PNG plots (needs matplotlib)
 
-A prompt length of 0 means one BOS token. `--tiny` runs a small config on the CPU (no timing claims; for CI).
+A prompt length of 0 means one BOS token. `--tiny` runs small configs on the CPU (no timing claims; for CI).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 
 import results
 import torch
 
+VARIANTS = ["xlstm_hf", "xlstm_hf_fused", "xlstm_hf_eager", "transformers_xlstm", "llama2", "llama31", "falcon_mamba"]
+PREFILL_SHAPES = [(32, 2048), (8, 8192), (2, 32768)]
+
+# Published configs (the fields that set size and speed); --tiny shrinks them.
+CONFIGS = {
+    "llama2": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                   num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096),
+    "llama31": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                    num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
+                    rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                      original_max_position_embeddings=8192)),
+    "falcon_mamba": dict(hidden_size=4096, num_hidden_layers=64, state_size=16, expand=16 // 8, conv_kernel=4,
+                         vocab_size=65024, use_mambapy=False),
+}
+TINY = dict(hidden_size=128, num_hidden_layers=2, vocab_size=1024)
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompt-lengths", type=int, nargs="+", default=[0, 2048, 16384])
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--suites", nargs="+", default=["latency"], choices=["latency", "prefill", "batch", "memory"])
     parser.add_argument("--variants", nargs="+", default=["xlstm_hf", "xlstm_hf_eager", "transformers_xlstm"],
-                        choices=["xlstm_hf", "xlstm_hf_eager", "transformers_xlstm"])
-    parser.add_argument("--peer-new-tokens", type=int, default=16, help="new tokens for the slow peer")
-    parser.add_argument("--tiny", action="store_true", help="a small config on the CPU (no timing claims)")
+                        choices=VARIANTS)
+    parser.add_argument("--prompt-lengths", type=int, nargs="+", default=[0, 2048, 16384])
+    parser.add_argument("--max-prompt", nargs="*", default=[], metavar="VARIANT=TOKENS",
+                        help="skip longer prompts for a variant, e.g. llama2=16384 (memory or time)")
+    parser.add_argument("--decode-max-prompt", nargs="*", default=[], metavar="VARIANT=TOKENS",
+                        help="time only the first token for longer prompts of a variant, e.g. llama2=2048 (each new "
+                             "static-cache length recompiles Llama's decode step)")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--peer-new-tokens", type=int, default=16,
+                        help="new tokens for the slow peers (transformers_xlstm, falcon_mamba)")
+    parser.add_argument("--batch-prompt", type=int, default=512, help="prompt length of the batch suite")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch of the batch suite")
+    parser.add_argument("--memory-tokens", type=int, default=16384, help="tokens generated by the memory suite")
+    parser.add_argument("--profile", type=int, metavar="TOKENS",
+                        help="also print the GPU profile of each variant's prefill of a TOKENS-long prompt and of "
+                             "decode steps")
+    parser.add_argument("--only-profile", action="store_true", help="skip the suites (with --profile)")
+    parser.add_argument("--tiny", action="store_true", help="small configs on the CPU (no timing claims)")
     parser.add_argument("--out", help="write the results as JSON here")
     return parser.parse_args(argv)
 
 
 def build(variant: str, tiny: bool, device: str):
-    size = dict(hidden_size=128, num_hidden_layers=2, num_heads=2, vocab_size=1024) if tiny else {}
+    """The model of `variant`, its weights created directly in their dtype on `device` (no fp32 copy of a 7B)."""
+    import transformers
+
     dtype = torch.float32 if tiny else torch.bfloat16
     default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # build the weights in their dtype directly: no fp32 copy of 7B
+    torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            if variant == "transformers_xlstm":
-                from transformers import xLSTMConfig, xLSTMForCausalLM
-
-                model = xLSTMForCausalLM(xLSTMConfig(**size))
-            else:
+            if variant.startswith("xlstm_hf"):
                 from xlstm_hf import XLSTMConfig, XLSTMForCausalLM
 
-                model = XLSTMForCausalLM(XLSTMConfig(**size))
-                model.cuda_graphs = variant == "xlstm_hf"
+                size = dict(TINY, num_heads=2) if tiny else {}
+                model = XLSTMForCausalLM(XLSTMConfig(**size, weight_mode="fused" if variant.endswith("fused") else
+                                                     "single"))
+                model.cuda_graphs = variant != "xlstm_hf_eager"
+            elif variant == "transformers_xlstm":
+                model = transformers.xLSTMForCausalLM(transformers.xLSTMConfig(**(dict(TINY, num_heads=2)
+                                                                                    if tiny else {})))
+            elif variant == "falcon_mamba":
+                size = dict(CONFIGS[variant], **(TINY if tiny else {}))
+                model = transformers.FalconMambaForCausalLM(transformers.FalconMambaConfig(**size))
+            else:
+                size = dict(CONFIGS[variant], **(dict(TINY, num_attention_heads=4, num_key_value_heads=2,
+                                                      intermediate_size=256) if tiny else {}))
+                model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**size, attn_implementation="sdpa"))
     finally:
         torch.set_default_dtype(default)
+    model.generation_config.pad_token_id = 0
     return model.eval()
 
 
-def timed_generate(model, ids, new_tokens: int, device: str) -> tuple[float, float]:
-    """Seconds for generate, and the peak memory (GiB) it reached on the GPU."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    sync()
-    start = time.perf_counter()
+class Probe:
+    """A streamer that timestamps the first and the last generated token and samples peak GPU memory every `every`
+    tokens. generate() hands each token to the streamer on the host, after the step that made it has finished."""
+
+    def __init__(self, every: int = 0, cuda: bool = False):
+        self.every, self.cuda, self.count, self.times, self.points = every, cuda, -1, [], []
+
+    def put(self, value) -> None:
+        self.count += 1  # the first put() is the prompt
+        if self.count:
+            self.times = [self.times[0] if self.times else time.perf_counter(), time.perf_counter()]
+        if self.cuda and self.every and self.count and self.count % self.every == 0:
+            self.points.append((self.count, torch.cuda.max_memory_allocated() / 2**30))
+
+    def end(self) -> None:
+        pass
+
+
+class Runner:
+    """Runs `model.generate` for one variant. Llama runs on a static cache of prompt + new tokens (so generate
+    compiles its decode step, once per cache shape)."""
+
+    def __init__(self, variant: str, model, device: str):
+        self.variant, self.model, self.device = variant, model, device
+        self.static = variant.startswith("llama")
+
+    def generate(self, ids: torch.Tensor, new_tokens: int, memory_every: int = 0) -> dict:
+        """Time to first token (ms), decode tokens/s (all rows), total seconds, peak GPU memory (GiB) and the
+        memory samples of one generate call."""
+        cuda = self.device == "cuda"
+        probe = Probe(memory_every, cuda)
+        kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=probe)
+        if self.static:
+            from transformers import StaticCache
+
+            kwargs["past_key_values"] = StaticCache(self.model.config, max_cache_len=ids.shape[1] + new_tokens)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        with torch.no_grad():
+            self.model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        first, last = probe.times
+        decode = ids.shape[0] * (new_tokens - 1) / (last - first) if new_tokens > 1 else float("nan")
+        return dict(ttft_ms=1000 * (first - start), decode_tok_s=decode, seconds=seconds,
+                    peak_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"), points=probe.points)
+
+    def ids(self, batch: int, length: int) -> torch.Tensor:
+        return torch.randint(3, self.model.config.vocab_size, (batch, max(length, 1)), device=self.device)
+
+    def measure(self, suite: str, batch: int, length: int, new_tokens: int, memory_every: int = 0, *keep: str) -> dict:
+        """One generate call as a result row (or an out-of-memory row)."""
+        row = dict(suite=suite, variant=self.variant, batch=batch, prompt=length, new_tokens=new_tokens)
+        try:
+            ids = self.ids(batch, length)
+            if self.device == "cuda":  # a first call at a new shape builds kernels (Triton, torch.compile): untimed
+                self.generate(ids, new_tokens if self.static else min(new_tokens, 2))  # static: same cache shape
+            result = self.generate(ids, new_tokens, memory_every)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return dict(row, error="out of memory")
+        row.update({key: result[key] for key in ("ttft_ms", "decode_tok_s", "seconds", "peak_gib", *keep)})
+        print(json.dumps(row), flush=True)
+        return row
+
+
+def profile(run: Runner, length: int, new_tokens: int = 33) -> None:
+    """Where the GPU time goes: the top operations of a prefill of `length` tokens (generate(max_new_tokens=1)),
+    then of `new_tokens` decode steps after a short prompt (kernels replayed from CUDA graphs show up too)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    for name, ids, tokens in (("prefill", run.ids(1, length), 1), ("decode", run.ids(1, 16), new_tokens)):
+        run.generate(ids, tokens)
+        with torch_profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            result = run.generate(ids, tokens)
+        events = prof.key_averages()
+        kernels = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+        print(f"profile {run.variant} {name}: {ids.shape[1]} prompt tokens, {tokens} new, {result['seconds'] * 1000:.1f}"
+              f" ms (profiled), {kernels} GPU kernels")
+        print(events.table(sort_by="self_device_time_total", row_limit=25))
+    if run.variant.startswith("xlstm_hf") and run.device == "cuda":
+        decode_overheads(run)
+
+
+def decode_overheads(run: Runner, steps: int = 100) -> None:
+    """Per-token decode time outside generate(): forward calls back to back (the GPU's pace, host work
+    overlapped), with a synchronisation after each (host and GPU in series, as generate() runs them)."""
+    model = run.model
+    ids = run.ids(1, 16)
     with torch.no_grad():
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                       do_sample=False)
-    sync()
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    return time.perf_counter() - start, peak
+        cache = model(ids).cache
+        token = ids[:, -1:]
+        for sync in (False, True):
+            model(token, cache=cache)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(steps):
+                model(token, cache=cache)
+                if sync:
+                    torch.cuda.synchronize()
+            torch.cuda.synchronize()
+            print(f"decode {run.variant}: {1000 * (time.perf_counter() - start) / steps:.2f} ms a token, forward "
+                  f"calls {'synchronised each step' if sync else 'back to back'}")
 
 
-def run_variant(args, variant: str, device: str) -> list[dict]:
+def run_variant(args, variant: str, device: str, rows: list[dict]) -> None:
+    """Append the rows of every suite for `variant` to `rows` (kept if a later suite fails)."""
     model = build(variant, args.tiny, device)
-    vocab = model.config.vocab_size
-    new_tokens = args.peer_new_tokens if variant == "transformers_xlstm" else args.new_tokens
-    timed_generate(model, torch.randint(3, vocab, (args.batch, 64), device=device), 4, device)  # warm-up, compile
-    rows = []
-    for length in args.prompt_lengths:
-        ids = torch.randint(3, vocab, (args.batch, max(length, 1)), device=device)
-        with contextlib.suppress(torch.cuda.OutOfMemoryError):
-            ttft, _ = timed_generate(model, ids, 1, device)
-            total, peak = timed_generate(model, ids, new_tokens, device)
-            decode = args.batch * (new_tokens - 1) / max(total - ttft, 1e-9)
-            row = dict(variant=variant, prompt=length, batch=args.batch, ttft_ms=1000 * ttft,
-                       decode_tok_s=decode, new_tokens=new_tokens, peak_gib=peak)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            continue
-        rows.append(dict(variant=variant, prompt=length, batch=args.batch, error="out of memory"))
-    del model
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    return rows
+    slow = variant in ("transformers_xlstm", "falcon_mamba")
+    new_tokens = args.peer_new_tokens if slow else args.new_tokens
+    limits = dict(item.split("=") for item in args.max_prompt)
+    decode_limits = dict(item.split("=") for item in args.decode_max_prompt)
+    lengths = [n for n in args.prompt_lengths if n <= int(limits.get(variant, n))]
+    run = Runner(variant, model, device)
+    run.generate(run.ids(1, 64), 8)  # warm-up: Triton builds, CUDA graph capture, torch.compile
+    if args.only_profile:
+        profile(run, args.profile)
+        return
+    if "latency" in args.suites:
+        rows.extend(run.measure("latency", 1, length, new_tokens if length <= int(decode_limits.get(variant, length))
+                                else 1) for length in lengths)
+    if "prefill" in args.suites:
+        shapes = [(2, 64)] if args.tiny else PREFILL_SHAPES
+        rows.extend(run.measure("prefill", batch, length, 1) for batch, length in shapes)
+    if "batch" in args.suites:
+        rows.append(run.measure("batch", args.batch_size, args.batch_prompt, new_tokens))
+    if args.profile:
+        profile(run, args.profile)
+    if "memory" in args.suites and not slow:
+        rows.append(run.measure("memory", 1, 0, args.memory_tokens, max(args.memory_tokens // 16, 1), "points"))
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| system | prompt | TTFT ms | decode tok/s | peak GiB |", "|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['variant']} | {r['prompt']} | {r['error']} | | |")
-        else:
-            lines.append(f"| {r['variant']} | {r['prompt']} | {r['ttft_ms']:.1f} | {r['decode_tok_s']:.1f} | "
-                         f"{r['peak_gib']:.2f} |")
-    return "\n".join(lines)
+    """Markdown tables, one per suite."""
+    out = []
+    for suite, header, cells in (
+        ("latency", "| system | prompt | TTFT ms | decode tok/s | peak GiB |",
+         lambda r: f"{r['prompt']} | {r['ttft_ms']:.1f} | {r['decode_tok_s']:.1f} | {r['peak_gib']:.2f}"),
+        ("prefill", "| system | batch x prompt | prefill tok/s | peak GiB |",
+         lambda r: f"{r['batch']} x {r['prompt']} | {r['batch'] * r['prompt'] * 1000 / r['ttft_ms']:.0f} | "
+                   f"{r['peak_gib']:.2f}"),
+        ("batch", "| system | batch x prompt | decode tok/s | peak GiB |",
+         lambda r: f"{r['batch']} x {r['prompt']} | {r['decode_tok_s']:.0f} | {r['peak_gib']:.2f}"),
+        ("memory", "| system | generated tokens | seconds | peak GiB |",
+         lambda r: f"{r['new_tokens']} | {r['seconds']:.1f} | {r['peak_gib']:.2f}"),
+    ):
+        chosen = [r for r in rows if r["suite"] == suite]
+        if chosen:
+            out += ["", header, "|" + "---|" * (header.count("|") - 1)]
+            out += [f"| {r['variant']} | " + (r["error"] if "error" in r else cells(r)) + " |" for r in chosen]
+    out += [f"\n{r['variant']} failed: {r['error']}" for r in rows if r["suite"] == "all"]
+    return "\n".join(out)
 
 
 def main(argv=None) -> None:
@@ -110,7 +265,15 @@ def main(argv=None) -> None:
         raise SystemExit("benchmarks/generation.py needs a CUDA GPU (or --tiny for the CPU)")
     info = results.environment()
     print(json.dumps(info), flush=True)
-    rows = [row for variant in args.variants for row in run_variant(args, variant, device)]
+    rows = []
+    for variant in args.variants:
+        try:
+            run_variant(args, variant, device, rows)
+        except Exception as error:  # noqa: BLE001  (a peer that fails is a result; the others still run)
+            rows.append(dict(suite="all", variant=variant, error=f"{type(error).__name__}: {error}"[:300]))
+            print(json.dumps(rows[-1]), flush=True)
+        if device == "cuda":
+            torch.cuda.empty_cache()  # the model is gone with run_variant's frame
     print(table(rows))
     results.write(args.out, info, args, rows)
 

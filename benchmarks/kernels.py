@@ -33,8 +33,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[128], help="our kernels' chunk sizes to time")
     parser.add_argument("--step-batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--no-backward", action="store_true", help="forward only")
-    parser.add_argument("--profile", action="store_true", help="per-kernel times of our fw+bw at the longest S")
+    parser.add_argument("--profile", action="store_true", help="per-kernel times of our fw+bw at each S, then stop")
     parser.add_argument("--sweep", action="store_true", help="time our kernels' tilings at the longest S, then stop")
+    parser.add_argument("--skip", nargs="*", default=[], metavar="TEXT",
+                        help="skip the sequence variants whose name contains TEXT (e.g. xl_chunk)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # internal: time one variant in this process
     return parser.parse_args(argv)
@@ -113,6 +115,8 @@ def time_sdpa(args) -> list[dict]:
 def time_sequence(args, argv) -> list[dict]:
     rows = []
     for name in sequence_variants(args):
+        if any(text in name for text in args.skip):
+            continue
         run = subprocess.run([sys.executable, __file__, *argv, "--only", name], capture_output=True, text=True)
         if run.returncode:
             print(f"{name}: failed (exit {run.returncode}): {run.stderr.strip().splitlines()[-1:]}", flush=True)
@@ -131,17 +135,23 @@ def profile_ours(args) -> None:
 
     from xlstm_hf.kernels.mlstm_triton import mlstm_chunkwise_triton
 
-    S, L = max(args.lengths), args.chunk_sizes[0]
-    inputs = gate_inputs(args.batch, args.heads, S, args.dqk, args.dv, torch.bfloat16, requires_grad=True)
-    step = lambda: mlstm_chunkwise_triton(*inputs, chunk_size=L)[0].sum().backward()  # noqa: E731
-    step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-    print(f"profile: fw+bw, S={S}, L={L}, 3 calls")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
+    L = args.chunk_sizes[0]
+    for S in args.lengths:
+        inputs = gate_inputs(args.batch, args.heads, S, args.dqk, args.dv, torch.bfloat16, requires_grad=True)
+        grad = torch.randn(args.batch, args.heads, S, args.dv, device="cuda", dtype=torch.bfloat16)
+        for name, step in (("fw", lambda: mlstm_chunkwise_triton(*inputs, chunk_size=L)[0]),
+                           ("fw+bw", lambda: mlstm_chunkwise_triton(*inputs, chunk_size=L)[0].backward(grad))):
+            wall = bench(step, grad_to_none=inputs)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    step()
+                torch.cuda.synchronize()
+            events = prof.key_averages()
+            gpu_ms = sum(e.self_device_time_total for e in events) / 3 / 1000
+            # GPU busy time below the wall time: the host (Python, launches) sets the pace.
+            print(f"profile {name}: S={S}, L={L}: wall {wall:.3f} ms, GPU kernels {gpu_ms:.3f} ms, "
+                  f"{sum(e.count for e in events) // 3} kernels a call")
+            print(events.table(sort_by="self_device_time_total", row_limit=12))
 
 
 def time_step(args) -> list[dict]:
@@ -185,12 +195,12 @@ def sweep(args) -> None:
     inputs = gate_inputs(args.batch, args.heads, S, args.dqk, args.dv, torch.bfloat16, requires_grad=True)
     grad = torch.randn(args.batch, args.heads, S, args.dv, device="cuda", dtype=torch.bfloat16)
     fields = [
-        ("out", [dict(), dict(out_bt=32, out_bv=512, out_warps=8), dict(out_bt=32, out_bv=256, out_warps=4),
-                 dict(out_bv=256, out_warps=8, out_stages=3), dict(out_bt=128, out_warps=8, out_stages=3),
-                 dict(out_bk=128, out_stages=3), dict(out_stages=4)]),
-        ("grad", [dict(grad_stages=3), dict(grad_bk=256, grad_bv=64, grad_warps=8), dict(grad_bv=32, grad_warps=4),
-                  dict(grad_bt=128, grad_warps=8)]),
-        ("state", [dict(state_bk=32, state_bv=32, state_warps=2), dict(state_bk=16, state_bv=64, state_warps=2)]),
+        ("state", [dict(), dict(state_bk=16, state_bv=64), dict(state_bk=32, state_bv=64, state_warps=4),
+                   dict(state_bk=64, state_bv=64, state_warps=4), dict(state_bk=32, state_bv=128, state_warps=4),
+                   dict(state_stages=3)]),
+        ("out", [dict(out_bt=128, out_bv=128, out_warps=8), dict(out_bt=64, out_bv=256, out_warps=8),
+                 dict(out_bt=128, out_bv=64, out_warps=4), dict(out_bt=64, out_bk=128, out_warps=8)]),
+        ("grad", [dict(grad_bt=128, grad_warps=8), dict(grad_bt=64, grad_bk=64, grad_bv=128, grad_warps=8)]),
     ]
     for L in args.chunk_sizes:
         for part, options in fields:
@@ -230,14 +240,12 @@ def main(argv=None) -> None:
         for row in time_variant(args, args.only):
             print(json.dumps(row), flush=True)
         return
-    if args.sweep:
-        sweep(args)
+    if args.sweep or args.profile:
+        (sweep if args.sweep else profile_ours)(args)
         return
     info = results.environment()
     print(json.dumps(info))
     rows = time_sequence(args, argv) + time_step(args)
-    if args.profile:
-        profile_ours(args)
     print(table(rows))
     results.write(args.out, info, args, rows)
 

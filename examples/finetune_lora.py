@@ -5,6 +5,7 @@ right-padded in its batch with the padding masked exactly; the adapters are save
 
     python examples/finetune_lora.py --help
     python examples/finetune_lora.py --model path/to/xlstm --train-file data.jsonl --steps 100 --output-dir lora-out
+    python examples/finetune_lora.py --train-file my_code/*.py --output-dir lora-out   # the model shipped with xlstm_hf
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from xlstm_hf.training import SFTExamples, read_texts, right_padded_batch, save_
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="model folder or Hub id (with its tokenizer)")
+    parser.add_argument("--model", help="model folder or Hub id, with its tokenizer (default: the model shipped with "
+                                        "xlstm_hf)")
     parser.add_argument("--tokenizer", help="tokenizer folder, if not the model's")
     parser.add_argument("--train-file", nargs="+", required=True, help=".jsonl (one object a line) or text files")
     parser.add_argument("--text-field", default="text", help="the JSON field holding the text (default: text)")
@@ -40,7 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--merge", action="store_true", help="also save the merged model in OUTPUT_DIR/merged")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.model = args.model or str(xlstm_hf.default_model_path())
+    return args
 
 
 def main(argv=None) -> None:

@@ -10,14 +10,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_generation_benchmark_tiny(tmp_path):
     out = tmp_path / "generation.json"
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "generation.py"), "--tiny", "--prompt-lengths",
-                          "0", "40", "--new-tokens", "4", "--peer-new-tokens", "3", "--out", str(out)],
-                         capture_output=True, text=True, timeout=600)
+    variants = ("xlstm_hf", "xlstm_hf_eager", "transformers_xlstm", "llama2", "falcon_mamba")
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "generation.py"), "--tiny", "--suites", "latency",
+                          "prefill", "batch", "memory", "--variants", *variants, "--prompt-lengths", "0", "40",
+                          "--new-tokens", "4", "--peer-new-tokens", "3", "--batch-size", "2", "--batch-prompt", "8",
+                          "--memory-tokens", "6", "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert {(r["variant"], r["prompt"]) for r in rows} == {
-        (v, p) for v in ("xlstm_hf", "xlstm_hf_eager", "transformers_xlstm") for p in (0, 40)}
-    assert all(r["decode_tok_s"] > 0 for r in rows) and "| system |" in run.stdout
+    assert not [r for r in rows if "error" in r]
+    latency = {(r["variant"], r["prompt"]) for r in rows if r["suite"] == "latency"}
+    assert latency == {(v, p) for v in variants for p in (0, 40)}
+    assert {r["variant"] for r in rows if r["suite"] == "memory"} == {"xlstm_hf", "xlstm_hf_eager", "llama2"}
+    assert all(r["decode_tok_s"] > 0 for r in rows if r["suite"] in ("latency", "batch"))
+    assert "| system |" in run.stdout
 
 
 def test_benchmarks_have_help():

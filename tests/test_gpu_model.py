@@ -78,3 +78,51 @@ def test_cuda_graph_follows_the_cache_and_the_weights():
     halved = model(ids[:, 19:], cache=cache).logits
     model.cuda_graphs = False
     assert (halved - model(ids[:, 19:], cache=model(ids[:, :19]).cache).logits).abs().max() < 1e-2
+    # A replaced layer (as merging adapters does): the graph must read the new module's weights.
+    down = model.backbone.blocks[0].ffn.proj_down
+    replacement = torch.nn.Linear(down.in_features, down.out_features, bias=False, device="cuda", dtype=torch.half)
+    with torch.no_grad():
+        replacement.weight.copy_(down.weight * 3)
+    model.cuda_graphs = True
+    model(ids[:, 19:], cache=model(ids[:, :19]).cache)  # a replay with the old module
+    model.backbone.blocks[0].ffn.proj_down = replacement
+    replaced = model(ids[:, 19:], cache=model(ids[:, :19]).cache).logits
+    model.cuda_graphs = False
+    assert (replaced - model(ids[:, 19:], cache=model(ids[:, :19]).cache).logits).abs().max() < 1e-2
+    assert (replaced - halved).abs().max() > 1e-2
+
+
+def test_one_capture_serves_later_generate_calls_and_earlier_caches_keep_their_state():
+    model = tiny_model(hidden_size=256, num_heads=2, num_hidden_layers=2).cuda()
+    ids = random_ids(2, 30).cuda()
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, return_dict_in_generate=True)
+    first = model.generate(ids, **kwargs)
+    (graph,) = [entry[1] for entry in model._decode_graphs.values()]
+    kept = [t.clone() for t in first.cache.state_tensors()]
+    second = model.generate(ids[:, :20], **kwargs)
+    assert [entry[1] for entry in model._decode_graphs.values()] == [graph]  # no second capture
+    assert all(torch.equal(a, b) for a, b in zip(first.cache.state_tensors(), kept))
+    model.cuda_graphs = False
+    eager = model.generate(ids[:, :20], **kwargs, disable_compile=True)
+    assert torch.equal(second.sequences, eager.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(second.cache.state_tensors(), eager.cache.state_tensors()))
+
+
+def test_7b_greedy_tokens_fast_path_vs_reference_path():
+    """The 7B config (random float32 weights): Triton kernels + CUDA-graph decode against the PyTorch reference
+    cell decoding eagerly."""
+    from xlstm_hf import XLSTMConfig, XLSTMForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = XLSTMForCausalLM(XLSTMConfig()).eval()
+    ids = random_ids(2, 300, vocab=model.config.vocab_size).cuda()
+    mask = torch.ones_like(ids)
+    mask[1, :37] = 0  # a left-padded row
+    kwargs = dict(attention_mask=mask, max_new_tokens=16, min_new_tokens=16, do_sample=False)
+    fast = model.generate(ids, **kwargs)
+    assert model._decode_graphs and model.kernel_backend == "triton"
+    model.cuda_graphs = False
+    xlstm_hf.set_kernel_backend("torch")
+    reference = model.generate(ids, **kwargs, disable_compile=True)  # no torch.compile of the reference either
+    assert torch.equal(fast, reference)

@@ -14,19 +14,26 @@ import pytest
 triton = pytest.importorskip("triton")
 GPUTarget = pytest.importorskip("triton.backends.compiler").GPUTarget
 
-from xlstm_hf.kernels import mlstm_triton as kernels  # noqa: E402
+from xlstm_hf.kernels import elementwise_triton, mlstm_triton  # noqa: E402
 
-SEVEN_B = dict(NH=8, NC=4, L=128, DQK=256, DV=512, IEEE=False)
-BF16_POINTERS = {"Q", "K", "V", "H", "DH", "DQ", "DK", "DV_out", "C_states", "DC_states", "X", "Y"}
+SEVEN_B = dict(NH=8, L=128, DQK=256, DV=512, IEEE=False)
+BF16_POINTERS = {"Q", "K", "V", "H", "DH", "DQ", "DK", "DV_out", "C_states", "DC_states", "X", "Y", "RES", "W", "OUT",
+                 "SUM", "O", "G", "Z", "I", "F", "I_OUT", "F_OUT"}
+INTEGERS = {"S", "NC"}  # capitalised, yet sizes rather than tensors
+FLOATS = {"scale", "eps", "cap"}
 JOBS = {
-    "_fw_states": dict(SEVEN_B, BK=32, BV=64, HAS_INITIAL=True),
-    "_fw_outputs": dict(SEVEN_B, BT=64, BK=64, BV=128),
-    "_bw_states": dict(SEVEN_B, BK=32, BV=64, HAS_FINAL_GRAD=True),
-    "_bw_dq": dict(SEVEN_B, BT=64, BK=128, BV=64),
-    "_bw_dk": dict(SEVEN_B, BT=64, BK=128, BV=64),
-    "_bw_dv": dict(SEVEN_B, BT=64, BK=128, BV=64),
-    "_step": dict(DQK=256, DV=512, BK=256, BV=64),
-    "_row_dot": dict(NH=8, D=512, BR=64, BD=128),
+    (mlstm_triton, "_fw_states"): dict(SEVEN_B, BK=32, BV=64, HAS_INITIAL=True),
+    (mlstm_triton, "_fw_outputs"): dict(SEVEN_B, BT=64, BK=64, BV=128),
+    (mlstm_triton, "_bw_states"): dict(SEVEN_B, BK=32, BV=64, HAS_FINAL_GRAD=True),
+    (mlstm_triton, "_bw_dq"): dict(SEVEN_B, BT=64, BK=128, BV=64),
+    (mlstm_triton, "_bw_dk"): dict(SEVEN_B, BT=64, BK=128, BV=64),
+    (mlstm_triton, "_bw_dv"): dict(SEVEN_B, BT=64, BK=128, BV=64),
+    (mlstm_triton, "_step"): dict(DQK=256, DV=512, BK=256, BV=64),
+    (mlstm_triton, "_row_dot"): dict(NH=8, D=512, BR=64, BD=128),
+    (elementwise_triton, "_rms_norm"): dict(HAS_RESIDUAL=True, BD=4096),
+    (elementwise_triton, "_head_norm_gate"): dict(BD=512),
+    (elementwise_triton, "_silu_mul"): dict(BD=2048),
+    (elementwise_triton, "_soft_cap_gates"): dict(HAS_MASK=True, BN=1024),
 }
 
 
@@ -36,16 +43,18 @@ def signature(fn, constexprs: dict) -> dict:
     for name in inspect.signature(fn.fn).parameters:
         if name in constexprs:
             types[name] = "constexpr"
-        elif name[0].isupper() and name != "S":
+        elif name == "MASK":
+            types[name] = "*u8"
+        elif name[0].isupper() and name not in INTEGERS:
             types[name] = "*bf16" if name in BF16_POINTERS else "*fp32"
         else:
-            types[name] = "fp32" if name in ("scale", "eps") else "i32"
+            types[name] = "fp32" if name in FLOATS else "i32"
     return types
 
 
 def compile_all() -> None:
-    for name, constexprs in JOBS.items():
-        fn = getattr(kernels, name)
+    for (module, name), constexprs in JOBS.items():
+        fn = getattr(module, name)
         source = triton.compiler.ASTSource(fn=fn, signature=signature(fn, constexprs), constexprs=constexprs)
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
         assert len(compiled.asm["cubin"]) > 0

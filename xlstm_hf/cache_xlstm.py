@@ -117,6 +117,17 @@ class XLSTMCache(Cache):
         super().reset()
         self.seen_tokens = 0
 
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Every layer's C, n and m, in layer order."""
+        return [t for layer in self.layers for t in layer.state]
+
+    def bind_state(self, tensors: list[torch.Tensor]) -> None:
+        """Hold `tensors` (shaped as `state_tensors()`) as the state from now on, in place of the current ones.
+        A CUDA graph of the decode step is bound to fixed tensors: a new cache takes them over this way."""
+        tensors = iter(tensors)
+        for layer in self.layers:
+            layer._replace(lambda _: next(tensors))
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "XLSTMCache":
         """Move (or cast) every layer's state; returns the cache."""
         for layer in self.layers:

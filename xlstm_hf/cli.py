@@ -1,6 +1,7 @@
 """The `xlstm-hf` command: generate, convert, export, bench, eval.
 
     xlstm-hf --help
+    xlstm-hf generate "def fibonacci(n):"            # the model shipped with xlstm_hf, offline
     xlstm-hf generate "def fibonacci(n):" --model PATH
     xlstm-hf convert SRC DST --weight-mode fused --dtype bfloat16
     xlstm-hf export --remote-code DIR --model PATH
@@ -22,9 +23,11 @@ class CommandError(Exception):
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model folder or Hub id")
+    parser.add_argument("--model", help="model folder or Hub id (default: the small code model shipped with "
+                                        "xlstm_hf, trained on the Python standard library; runs offline)")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu or cuda (default: best there is)")
-    parser.add_argument("--dtype", choices=DTYPES, help="weights' dtype (default: the checkpoint's)")
+    parser.add_argument("--dtype", choices=DTYPES,
+                        help="weights' dtype (default: float32 on the CPU, the checkpoint's elsewhere)")
 
 
 def _cuda() -> bool:
@@ -37,12 +40,16 @@ def _load(args):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import xlstm_hf  # noqa: F401  (registers our classes)
+    import xlstm_hf  # registers our classes
 
+    if args.model is None:
+        args.model = str(xlstm_hf.default_model_path())
     path = Path(args.model)
     if (path.exists() or str(args.model).startswith((".", "/"))) and not (path / "config.json").is_file():
         raise CommandError(f"--model {args.model}: no config.json there")
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype) if args.dtype else "auto")
+    # bf16 matmuls are slow on most CPUs: compute in float32 there unless asked otherwise.
+    dtype = getattr(torch, args.dtype) if args.dtype else torch.float32 if args.device == "cpu" else "auto"
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
     model = model.to(args.device).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)

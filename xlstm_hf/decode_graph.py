@@ -1,7 +1,13 @@
 """One decode step captured in a CUDA graph: every later token replays it, with no Python or launch overhead.
 
-The graph records the addresses of the cache's state tensors, which `XLSTMCache` keeps fixed (updates are in place);
-an operation that replaces them (batch selection, repeat) makes the graph stale, and it is captured again.
+The graph records the addresses of the state tensors it was captured on. A cache that is not bound to them (the
+cache of the next generate() call, or one whose tensors were replaced) takes them over through `adopt`, so one capture
+serves every later cache of the same batch size.
+
+The weights' addresses are baked in too. Checking them each token must cost little: the list of parameters is
+gathered again only after a module or parameter was registered somewhere in the process (a replaced layer, merged
+adapters, `load_state_dict(assign=True)`), which a global registration hook counts; `model.to(...)` keeps the
+parameter objects and changes their addresses, which the pointer comparison sees.
 """
 
 from __future__ import annotations
@@ -9,6 +15,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch.nn.modules.module import register_module_module_registration_hook, register_module_parameter_registration_hook
+
+_registrations = 0
+
+
+def _count_registration(*_) -> None:
+    global _registrations
+    _registrations += 1
+
+
+register_module_module_registration_hook(_count_registration)
+register_module_parameter_registration_hook(_count_registration)
 
 
 class DecodeGraph:
@@ -24,9 +42,11 @@ class DecodeGraph:
 
     def __init__(self, step: Callable, state_tensors: list[torch.Tensor], weights: list[torch.Tensor],
                  batch_size: int, device: torch.device):
+        self.state = list(state_tensors)
+        self.weights, self.registrations = list(weights), _registrations
         self.ids = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.mask = torch.ones(batch_size, 1, dtype=torch.bool, device=device)
-        self.pointers = self.addresses(state_tensors, weights)
+        self.weight_pointers = self.addresses(weights)
         saved = [t.clone() for t in state_tensors]
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -41,10 +61,26 @@ class DecodeGraph:
             tensor.copy_(value)
 
     @staticmethod
-    def addresses(*groups: list[torch.Tensor]) -> tuple[int, ...]:
-        """What the graph baked in: if any of these tensors moved (a new cache, `model.to`, merged adapters), the
-        graph is stale."""
-        return tuple(t.data_ptr() for group in groups for t in group)
+    def addresses(tensors: list[torch.Tensor]) -> tuple[int, ...]:
+        return tuple(t.data_ptr() for t in tensors)
+
+    def weights_moved(self, parameters: Callable[[], list[torch.Tensor]]) -> bool:
+        """Whether the model's weights (`parameters()` lists them) are no longer the tensors the graph reads."""
+        if self.registrations != _registrations:
+            self.weights, self.registrations = parameters(), _registrations
+        return self.weight_pointers != self.addresses(self.weights)
+
+    def binds(self, state_tensors: list[torch.Tensor]) -> bool:
+        """Whether these are the tensors the graph reads and writes."""
+        return all(a is b for a, b in zip(state_tensors, self.state))
+
+    def adopt(self, state_tensors: list[torch.Tensor], previous_owner_state: list[torch.Tensor] | None) -> list:
+        """Load `state_tensors` into the graph's own state tensors, which the caller then binds to its cache. The
+        previous owner's values (when it is still alive and bound) are cloned first: returned, for it to keep."""
+        kept = [t.clone() for t in previous_owner_state] if previous_owner_state is not None else None
+        for own, new in zip(self.state, state_tensors):
+            own.copy_(new)
+        return kept
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         self.ids.copy_(ids)

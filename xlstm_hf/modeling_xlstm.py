@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
+from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -22,6 +23,13 @@ from .cache_xlstm import XLSTMCache
 from .configuration_xlstm import XLSTMConfig
 from .decode_graph import DecodeGraph
 from .kernels import MLSTMState, mlstm, resolve_backend
+
+
+def elementwise_triton():
+    """The fused inference kernels (imported on first use: Triton is optional)."""
+    from .kernels import elementwise_triton as module
+
+    return module
 
 
 def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
@@ -75,12 +83,12 @@ class XLSTMFeedForward(nn.Module):
         self.proj_down = nn.Linear(config.ffn_dim, config.hidden_size, bias=bias)
         self.proj_down.init_role = "residual_out"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
         if self.weight_mode == "single":
             gate, z = self.proj_up_gate(x), self.proj_up(x)
         else:
             gate, z = self.proj_up_gate_z(x).split(self.ffn_dim, dim=-1)
-        return self.proj_down(F.silu(gate) * z)
+        return self.proj_down(elementwise_triton().silu_mul(gate, z) if fused else F.silu(gate) * z)
 
 
 class XLSTMLayer(nn.Module):
@@ -110,32 +118,41 @@ class XLSTMLayer(nn.Module):
         self.out_proj.init_role = "residual_out"
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """q, k, v, output-gate and (i, f) gate pre-activations, each (B, S, ...)."""
+        """q, k, v, output-gate and (i, f) gate pre-activations (not yet soft-capped), each (B, S, ...)."""
         if self.config.weight_mode == "single":
             q, k, v, o = self.q(x), self.k(x), self.v(x), self.ogate_preact(x)
             i, f = self.igate_preact(x), self.fgate_preact(x)
         else:
             q, k, v, o = self.qkv_opreact(x).split([self.qk_dim, self.qk_dim, self.v_dim, self.v_dim], dim=-1)
             i, f = self.ifgate_preact(x).split(self.num_heads, dim=-1)
-        cap = self.config.gate_soft_cap
-        return q, k, v, o, soft_cap(i, cap), soft_cap(f, cap)
+        return q, k, v, o, i, f
 
     def forward(
-        self, x: torch.Tensor, state: MLSTMState | None = None, mask: torch.Tensor | None = None
+        self, x: torch.Tensor, state: MLSTMState | None = None, mask: torch.Tensor | None = None,
+        fused: bool = False,
     ) -> tuple[torch.Tensor, MLSTMState]:
+        """`fused`: the elementwise work on the fused inference kernels (see `XLSTMBlock.forward`)."""
         B, S, _ = x.shape
         q, k, v, o, i, f = self.project(x)
-        if mask is not None:
-            # A padded position must leave the state untouched: input gate exp(-inf) = 0, forget gate exactly 1.
-            pad = ~mask[:, :, None]
-            i = i.masked_fill(pad, float("-inf"))
-            f = f.masked_fill(pad, float("inf"))
+        cap = self.config.gate_soft_cap
+        if fused:
+            i, f = elementwise_triton().soft_cap_gates(i, f, cap, mask)
+        else:
+            i, f = soft_cap(i, cap), soft_cap(f, cap)
+            if mask is not None:
+                # A padded position must leave the state untouched: input gate exp(-inf) = 0, forget gate exactly 1.
+                pad = ~mask[:, :, None]
+                i = i.masked_fill(pad, float("-inf"))
+                f = f.masked_fill(pad, float("inf"))
         heads = lambda t: t.view(B, S, self.num_heads, -1).transpose(1, 2)  # noqa: E731
         h, state = mlstm(
             heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2), state,
             chunk_size=self.config.chunk_size, eps=self.config.eps,
             backend=resolve_backend(x.device, self.config.kernel_preference),
         )
+        if fused:
+            norm = self.multihead_norm
+            return self.out_proj(elementwise_triton().head_norm_gate(h, o, norm.weight, norm.eps)), state
         h = self.multihead_norm(h.transpose(1, 2))
         return self.out_proj(torch.sigmoid(o) * h), state
 
@@ -156,10 +173,27 @@ class XLSTMBlock(GradientCheckpointingLayer):
     def forward(
         self, x: torch.Tensor, state: MLSTMState | None = None, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, MLSTMState]:
+        if self.fused_inference(x):
+            kernels = elementwise_triton()
+            normed, _ = kernels.rms_norm(x, self.norm_mlstm.weight, self.norm_mlstm.eps)
+            y, state = self.mlstm_layer(normed, state, mask, fused=True)
+            normed, x = kernels.rms_norm(y, self.norm_ffn.weight, self.norm_ffn.eps, residual=x)  # x + y, normed
+            return x + self.ffn(normed, fused=True), state
         y, state = self.mlstm_layer(self.norm_mlstm(x), state, mask)
         x = x + y
         x = x + self.ffn(self.norm_ffn(x))
         return x, state
+
+    def fused_inference(self, x: torch.Tensor) -> bool:
+        """Whether this step can run its elementwise work on the fused Triton kernels: inference (no autograd) on
+        the Triton backend, in the weights' dtype, without biases (the 7B's layout; anything else takes the
+        modules' PyTorch path)."""
+        config = self.mlstm_layer.config
+        return (
+            not torch.is_grad_enabled() and not config.use_bias and config.norm_reduction_force_float32
+            and x.dtype == self.norm_mlstm.weight.dtype
+            and resolve_backend(x.device, config.kernel_preference) == "triton"
+        )
 
 
 class XLSTMPreTrainedModel(PreTrainedModel):
@@ -205,6 +239,36 @@ class XLSTMPreTrainedModel(PreTrainedModel):
         return resolve_backend(self.device, self.config.kernel_preference)
 
 
+def check_inputs(config, input_ids, inputs_embeds, attention_mask) -> None:
+    """Raise a `ValueError` naming the bad argument: both or neither of ids and embeddings, empty input, token ids
+    outside the vocabulary, a wrong embedding width or mask shape. `config` gives vocab_size and hidden_size."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+    tokens = input_ids if input_ids is not None else inputs_embeds
+    if tokens.dim() != (2 if input_ids is not None else 3) or tokens.shape[1] == 0:
+        name = "input_ids" if input_ids is not None else "inputs_embeds"
+        raise ValueError(f"{name} must be a non-empty batch of sequences, got shape {tuple(tokens.shape)}")
+    if input_ids is not None:
+        low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one host sync, not two
+        if low < 0 or high >= config.vocab_size:
+            raise ValueError(
+                f"input_ids holds token id {low if low < 0 else high}, outside the vocabulary "
+                f"[0, {config.vocab_size})"
+            )
+    if inputs_embeds is not None and inputs_embeds.shape[-1] != config.hidden_size:
+        raise ValueError(
+            f"inputs_embeds has width {inputs_embeds.shape[-1]}, the model's hidden_size is {config.hidden_size}"
+        )
+    if attention_mask is not None and (
+        attention_mask.dim() != 2 or attention_mask.shape[0] != tokens.shape[0]
+        or attention_mask.shape[1] < tokens.shape[1]
+    ):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}; the input needs (batch, length >= sequence) "
+            f"= {tuple(tokens.shape[:2])}"
+        )
+
+
 class XLSTMModel(XLSTMPreTrainedModel):
     """The xLSTM backbone: embeddings, mLSTM blocks and the output norm. Returns the final hidden states."""
 
@@ -225,33 +289,6 @@ class XLSTMModel(XLSTMPreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings = value
-
-    def _check_inputs(self, input_ids, inputs_embeds, attention_mask) -> None:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        tokens = input_ids if input_ids is not None else inputs_embeds
-        if tokens.dim() != (2 if input_ids is not None else 3) or tokens.shape[1] == 0:
-            name = "input_ids" if input_ids is not None else "inputs_embeds"
-            raise ValueError(f"{name} must be a non-empty batch of sequences, got shape {tuple(tokens.shape)}")
-        if input_ids is not None:
-            low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one host sync, not two
-            if low < 0 or high >= self.config.vocab_size:
-                raise ValueError(
-                    f"input_ids holds token id {low if low < 0 else high}, outside the vocabulary "
-                    f"[0, {self.config.vocab_size})"
-                )
-        if inputs_embeds is not None and inputs_embeds.shape[-1] != self.config.hidden_size:
-            raise ValueError(
-                f"inputs_embeds has width {inputs_embeds.shape[-1]}, the model's hidden_size is {self.config.hidden_size}"
-            )
-        if attention_mask is not None and (
-            attention_mask.dim() != 2 or attention_mask.shape[0] != tokens.shape[0]
-            or attention_mask.shape[1] < tokens.shape[1]
-        ):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}; the input needs (batch, length >= sequence) "
-                f"= {tuple(tokens.shape[:2])}"
-            )
 
     def new_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> XLSTMCache:
         """An empty state for `batch_size` sequences, each layer's on that layer's device."""
@@ -283,7 +320,7 @@ class XLSTMModel(XLSTMPreTrainedModel):
             last_positions_to_keep: Return `last_hidden_state` for only the last N positions (0 = all), so that a
                 long prompt, processed in segments of `config.max_inference_chunksize` tokens, is never held whole.
         """
-        self._check_inputs(input_ids, inputs_embeds, attention_mask)
+        check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
@@ -347,23 +384,74 @@ class XLSTMModel(XLSTMPreTrainedModel):
         return self.out_norm(x)
 
 
-class XLSTMForCausalLM(XLSTMPreTrainedModel, GenerationMixin):
+class RecurrentGenerationMixin(GenerationMixin):
+    """generate() plumbing for a model whose whole past is a recurrent state in a static cache: the cache made up
+    front (`new_generation_cache`), only the new tokens fed, the attention mask passed whole (its tail marks
+    padding)."""
+
+    def new_generation_cache(self, batch_size: int) -> Cache:
+        raise NotImplementedError
+
+    def _prepare_cache_for_generation(
+        self, generation_config, model_kwargs: dict, generation_mode, batch_size: int, max_cache_length: int
+    ) -> None:
+        # generate() builds no default cache for xLSTM (it knows only attention caches); make ours up front, so that
+        # chunked prefill (`prefill_chunk_size`) and compiled decoding find a static cache from the first call.
+        if model_kwargs.get("cache") is not None or generation_config.use_cache is False:
+            return super()._prepare_cache_for_generation(
+                generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
+            )
+        expand = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
+        model_kwargs["cache"] = self.new_generation_cache(batch_size * expand)
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: XLSTMCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ) -> dict:
+        """The new tokens only (the state holds the past), the full attention mask (its tail marks padding), and
+        the cache; no 4D mask and no position ids, which a recurrent model has no use for."""
+        if inputs_embeds is not None and is_first_iteration:
+            embeds = inputs_embeds[:, -next_sequence_length:] if next_sequence_length else inputs_embeds
+            model_inputs = {"input_ids": None, "inputs_embeds": embeds}
+        else:
+            ids = input_ids[:, -next_sequence_length:] if next_sequence_length else input_ids
+            model_inputs = {"input_ids": ids.contiguous()}
+        batch_size = (model_inputs["input_ids"] if inputs_embeds is None or not is_first_iteration else
+                      model_inputs["inputs_embeds"]).shape[0]
+        if cache is not None and cache.batch_size != batch_size and batch_size % cache.batch_size == 0:
+            # A cache passed to generate() holds one state per prompt: expand it for beams / return sequences.
+            cache.batch_repeat_interleave(batch_size // cache.batch_size)
+        model_inputs.update(cache=cache, attention_mask=attention_mask)
+        ignored = ("labels", "position_ids", "token_type_ids", "cache_position")
+        model_inputs.update({k: v for k, v in kwargs.items() if k not in ignored and k not in model_inputs})
+        return model_inputs
+
+
+class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
     """xLSTM with a language-modelling head (soft-capped logits)."""
 
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
 
-    # Decode steps on CUDA can replay a captured CUDA graph: opt in with `model.cuda_graphs = True` or
-    # XLSTM_HF_CUDA_GRAPHS=1 (XLSTM_HF_CUDA_GRAPHS=0 turns it off everywhere). Off by default until it has been
-    # verified on a GPU inside generate().
-    cuda_graphs: bool = False
-    max_decode_graphs = 2  # one per live cache; each holds its own small memory pool
+    # Decode steps on CUDA replay a captured CUDA graph (no Python or launch overhead per token): the default; turn
+    # it off with `model.cuda_graphs = False` or XLSTM_HF_CUDA_GRAPHS=0.
+    cuda_graphs: bool = True
+    max_decode_graphs = 2  # one per (batch size, state dtype); each holds its own memory pool
 
     def __init__(self, config: XLSTMConfig):
         super().__init__(config)
         self.backbone = XLSTMModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self._decode_graphs: dict[int, tuple[weakref.ref, DecodeGraph]] = {}
+        self._decode_graphs: dict[tuple, tuple[weakref.ref, DecodeGraph]] = {}
         self.post_init()
+
+    def new_generation_cache(self, batch_size: int) -> XLSTMCache:
+        return self.backbone.new_cache(batch_size)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.backbone.get_input_embeddings()
@@ -449,8 +537,7 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, GenerationMixin):
         return soft_cap(self.lm_head(x.to(self.lm_head.weight.dtype)).float(), self.config.output_logit_soft_cap)
 
     def _use_cuda_graphs(self) -> bool:
-        setting = os.environ.get("XLSTM_HF_CUDA_GRAPHS")
-        return setting != "0" and (self.cuda_graphs or setting == "1")
+        return self.cuda_graphs and os.environ.get("XLSTM_HF_CUDA_GRAPHS") != "0"
 
     def _valid_auto_compile_criteria(self, model_kwargs: dict, generation_config) -> bool:
         # generate() would torch.compile the decode step (reduce-overhead) because the cache is static; our own CUDA
@@ -463,65 +550,36 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, GenerationMixin):
         return (
             self._use_cuda_graphs() and not torch.compiler.is_compiling()
             and input_ids is not None and inputs_embeds is None and input_ids.is_cuda and input_ids.shape[1] == 1
-            and isinstance(cache, XLSTMCache) and cache.seen_tokens > 0 and cache.batch_size == input_ids.shape[0]
+            and isinstance(cache, XLSTMCache) and cache.batch_size == input_ids.shape[0]  # a fresh cache too: zeros
             and labels is None and not output_hidden_states and not torch.is_grad_enabled()
         )
 
     def _replay_decode(self, input_ids, attention_mask, cache: XLSTMCache) -> torch.Tensor:
-        """The decode step from a CUDA graph of this cache (captured on first use, again if its tensors moved)."""
-        states = [t for layer in cache.layers for t in layer.state]
-        weights = list(self.parameters())
-        entry = self._decode_graphs.get(id(cache))
-        if entry is None or entry[0]() is not cache or entry[1].pointers != DecodeGraph.addresses(states, weights):
-            if len(self._decode_graphs) >= self.max_decode_graphs:
+        """The decode step from a CUDA graph: one per (batch size, state dtype), captured on first use (again if the
+        weights moved); a new cache takes over the graph's state tensors instead of causing a new capture."""
+        states = cache.state_tensors()
+        key = (cache.batch_size, states[0].dtype)
+        entry = self._decode_graphs.get(key)
+        if entry is None or entry[1].weights_moved(lambda: list(self.parameters())):
+            if entry is None and len(self._decode_graphs) >= self.max_decode_graphs:
                 self._decode_graphs.pop(next(iter(self._decode_graphs)))
             step = lambda ids, mask: self._head(self.backbone.decode_step(ids, mask, cache))  # noqa: E731
-            entry = (weakref.ref(cache), DecodeGraph(step, states, weights, cache.batch_size, input_ids.device))
-            self._decode_graphs[id(cache)] = entry
+            entry = (weakref.ref(cache), DecodeGraph(step, states, list(self.parameters()), cache.batch_size,
+                                                     input_ids.device))
+            self._decode_graphs[key] = entry
+        graph = entry[1]
+        if not graph.binds(states):
+            owner = entry[0]()
+            bound = owner is not None and owner is not cache and graph.binds(owner.state_tensors())
+            kept = graph.adopt(states, owner.state_tensors() if bound else None)
+            if bound:
+                owner.bind_state(kept)  # the earlier cache keeps its values in tensors of its own
+            cache.bind_state(graph.state)
+            self._decode_graphs[key] = (weakref.ref(cache), graph)
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask[:, -1:].bool()
-        logits = entry[1](input_ids, mask)
+        logits = graph(input_ids, mask)
         cache.seen_tokens += 1
         return logits
-
-    def _prepare_cache_for_generation(
-        self, generation_config, model_kwargs: dict, generation_mode, batch_size: int, max_cache_length: int
-    ) -> None:
-        # generate() builds no default cache for xLSTM (it knows only attention caches); make ours up front, so that
-        # chunked prefill (`prefill_chunk_size`) and compiled decoding find a static cache from the first call.
-        if model_kwargs.get("cache") is not None or generation_config.use_cache is False:
-            return super()._prepare_cache_for_generation(
-                generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
-            )
-        expand = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
-        model_kwargs["cache"] = self.backbone.new_cache(batch_size * expand)
-
-    def prepare_inputs_for_generation(
-        self,
-        input_ids: torch.LongTensor,
-        next_sequence_length: int | None = None,
-        cache: XLSTMCache | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        is_first_iteration: bool | None = False,
-        **kwargs,
-    ) -> dict:
-        """The new tokens only (the state holds the past), the full attention mask (its tail marks padding), and
-        the cache; no 4D mask and no position ids, which a recurrent model has no use for."""
-        if inputs_embeds is not None and is_first_iteration:
-            embeds = inputs_embeds[:, -next_sequence_length:] if next_sequence_length else inputs_embeds
-            model_inputs = {"input_ids": None, "inputs_embeds": embeds}
-        else:
-            ids = input_ids[:, -next_sequence_length:] if next_sequence_length else input_ids
-            model_inputs = {"input_ids": ids.contiguous()}
-        batch_size = (model_inputs["input_ids"] if inputs_embeds is None or not is_first_iteration else
-                      model_inputs["inputs_embeds"]).shape[0]
-        if cache is not None and cache.batch_size != batch_size and batch_size % cache.batch_size == 0:
-            # A cache passed to generate() holds one state per prompt: expand it for beams / return sequences.
-            cache.batch_repeat_interleave(batch_size // cache.batch_size)
-        model_inputs.update(cache=cache, attention_mask=attention_mask)
-        ignored = ("labels", "position_ids", "token_type_ids", "cache_position")
-        model_inputs.update({k: v for k, v in kwargs.items() if k not in ignored and k not in model_inputs})
-        return model_inputs
 
 
 __all__ = ["XLSTMForCausalLM", "XLSTMModel", "XLSTMPreTrainedModel"]

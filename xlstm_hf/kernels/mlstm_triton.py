@@ -80,7 +80,7 @@ def _causal_weights(b_t, m_t, offs_t, b_j, i_j, offs_j):
 def _fw_states(
     K, V, B_gate, I_gate, C0, N0, M0, C_states, N_states, M_states, C_out, N_out, M_out,
     s_kb, s_kh, s_ks, s_vb, s_vh, s_vs,
-    NH: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+    NH: tl.constexpr, NC, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, HAS_INITIAL: tl.constexpr, IEEE: tl.constexpr,
 ):
     pid_bh, pid_k, pid_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -135,7 +135,7 @@ def _fw_outputs(
     Q, K, V, H, B_gate, I_gate, M_pos, C_states, N_states, M_states, DEN,
     s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_hb, s_hh, s_hs,
     scale, eps,
-    NH: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+    NH: tl.constexpr, NC, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
 ):
     pid_bh, pid_r, pid_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -192,7 +192,7 @@ def _bw_states(
     Q, DH, RDEN, DDEN, B_gate, M_pos, M_states, DC_final, DN_final, DC_states, DN_states, DC0, DN0,
     s_qb, s_qh, s_qs, s_db, s_dh, s_ds,
     scale,
-    NH: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+    NH: tl.constexpr, NC, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, HAS_FINAL_GRAD: tl.constexpr, IEEE: tl.constexpr,
 ):
     """dC_k = exp(g_k + m_{k-1} - m_k) dC_{k+1} + sum_t exp(b_t + m_{k-1} - m_t) scale q_t dnum_t^T, backwards."""
@@ -245,7 +245,7 @@ def _bw_dq(
     Q, K, V, DH, RDEN, DDEN, B_gate, I_gate, M_pos, M_states, C_states, N_states, DQ, ROWSUM,
     s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_db, s_dh, s_ds,
     scale,
-    NH: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+    NH: tl.constexpr, NC, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
 ):
     """dq_t = scale [sum_{j<=t} W_tj (dnum_t.v_j + dden_t) k_j + exp(b_t + m_{k-1} - m_t)(C_{k-1} dnum_t + n dden_t)]."""
@@ -298,7 +298,7 @@ def _bw_dk(
     Q, K, V, DH, RDEN, DDEN, B_gate, I_gate, M_pos, M_states, DC_states, DN_states, DK, COLSUM,
     s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_db, s_dh, s_ds,
     scale,
-    NH: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+    NH: tl.constexpr, NC, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
 ):
     """dk_j = scale sum_{t>=j} W_tj (dnum_t.v_j + dden_t) q_t + exp(g - b_j + i_j - m_k)(dC_k v_j + dn_k)."""
@@ -346,7 +346,7 @@ def _bw_dv(
     Q, K, DH, RDEN, B_gate, I_gate, M_pos, M_states, DC_states, DV_out,
     s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_db, s_dh, s_ds, s_vb, s_vh, s_vs,
     scale,
-    NH: tl.constexpr, NC: tl.constexpr, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+    NH: tl.constexpr, NC, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
 ):
     """dv_j = scale sum_{t>=j} W_tj (q_t.k_j) dnum_t + exp(g - b_j + i_j - m_k) dC_k^T k_j."""
@@ -440,8 +440,8 @@ class Tiling:
     state_stages: int = 2
     out_bt: int = 64
     out_bk: int = 64
-    out_bv: int = 128
-    out_warps: int = 4
+    out_bv: int = 256
+    out_warps: int = 8
     out_stages: int = 3
     grad_bt: int = 64
     grad_bk: int = 128

@@ -1,0 +1,166 @@
+"""Fused Triton kernels for the elementwise work around the mLSTM cell, for inference (no autograd).
+
+Each kernel does in one pass what the model's PyTorch modules do in several, with the same arithmetic: statistics
+in float32, and every intermediate rounded to the activation dtype where the modules round it, so the results match
+them to the last bit in most positions. Prefill moves a fraction of the memory traffic, and a decode step launches
+a fraction of the kernels. The PyTorch modules in `xlstm_hf.modeling_xlstm` are the reference
+(`tests/test_elementwise_triton.py` compares them).
+
+* :func:`rms_norm`: RMSNorm with a weight, optionally after the residual add (`x + residual`, also returned).
+* :func:`head_norm_gate`: `sigmoid(o) * (MultiHeadLayerNorm(h) * weight)`, reading h as the cell leaves it.
+* :func:`silu_mul`: `silu(gate) * z`, the FFN's gating.
+* :func:`soft_cap_gates`: the soft-capped input and forget gates, with padded positions set to (-inf, +inf).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _round(x, dtype: tl.constexpr):
+    """Round a float32 value to the activation dtype and back, as a PyTorch op in that dtype stores it."""
+    return x.to(dtype).to(tl.float32)
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    # 1 - 2 / (exp(2x) + 1): exact limits at +-inf, no cancellation for large |x|
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def _rms_norm(X, RES, W, OUT, SUM, s_x, s_r, s_o, s_s, d, eps, HAS_RESIDUAL: tl.constexpr, BD: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BD)
+    mask = cols < d
+    dtype = OUT.dtype.element_ty
+    x = tl.load(X + row * s_x + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        x = _round(x + tl.load(RES + row * s_r + cols, mask=mask, other=0.0).to(tl.float32), dtype)
+        tl.store(SUM + row * s_s + cols, x.to(dtype), mask=mask)
+    normed = _round(x * tl.rsqrt(tl.sum(x * x, axis=0) / d + eps), dtype)
+    weight = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(OUT + row * s_o + cols, (normed * weight).to(dtype), mask=mask)
+
+
+@triton.jit
+def _head_norm_gate(H, O, W, OUT, s_hb, s_hh, s_hs, s_ob, s_os, s_outb, s_outs, length, dv, eps,
+                    BD: tl.constexpr):
+    """One program per (batch * position, head): h[b, head, s, :] normalised, weighted and gated."""
+    pid, head = tl.program_id(0), tl.program_id(1)
+    b, s = pid // length, pid % length
+    cols = tl.arange(0, BD)
+    mask = cols < dv
+    dtype = OUT.dtype.element_ty
+    h = tl.load(H + b * s_hb + head * s_hh + s * s_hs + cols, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(h, axis=0) / dv
+    centred = tl.where(mask, h - mean, 0.0)
+    var = tl.sum(centred * centred, axis=0) / dv
+    normed = _round(centred * tl.rsqrt(var + eps), dtype)
+    weight = tl.load(W + head * dv + cols, mask=mask, other=0.0).to(tl.float32)
+    normed = _round(normed * weight, dtype)
+    o = tl.load(O + b * s_ob + s * s_os + head * dv + cols, mask=mask, other=0.0).to(tl.float32)
+    gate = _round(_sigmoid(o), dtype)
+    tl.store(OUT + b * s_outb + s * s_outs + head * dv + cols, (gate * normed).to(dtype), mask=mask)
+
+
+@triton.jit
+def _silu_mul(G, Z, OUT, s_g, s_z, s_o, d, BD: tl.constexpr):
+    row, block = tl.program_id(0), tl.program_id(1)
+    cols = block * BD + tl.arange(0, BD)
+    mask = cols < d
+    dtype = OUT.dtype.element_ty
+    g = tl.load(G + row * s_g + cols, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(Z + row * s_z + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(OUT + row * s_o + cols, (_round(g * _sigmoid(g), dtype) * z).to(dtype), mask=mask)
+
+
+@triton.jit
+def _soft_cap_gates(I, F, MASK, I_OUT, F_OUT, s_i, s_f, n, heads, cap, HAS_MASK: tl.constexpr, BN: tl.constexpr):
+    """Rows of (batch * position), `heads` gates each; i and f rows may be strided (views of one projection)."""
+    offs = tl.program_id(0) * BN + tl.arange(0, BN)
+    inside = offs < n
+    row, head = offs // heads, offs % heads
+    dtype = I_OUT.dtype.element_ty
+    i = tl.load(I + row * s_i + head, mask=inside, other=0.0).to(tl.float32)
+    f = tl.load(F + row * s_f + head, mask=inside, other=0.0).to(tl.float32)
+    # As soft_cap(x, cap) = cap * tanh(x / cap) in the activation dtype: a rounding after each of the three ops.
+    i = _round(cap * _round(_tanh(_round(i / cap, dtype)), dtype), dtype)
+    f = _round(cap * _round(_tanh(_round(f / cap, dtype)), dtype), dtype)
+    if HAS_MASK:
+        keep = tl.load(MASK + row, mask=inside, other=1) != 0
+        i = tl.where(keep, i, float("-inf"))
+        f = tl.where(keep, f, float("inf"))
+    tl.store(I_OUT + offs, i.to(dtype), mask=inside)
+    tl.store(F_OUT + offs, f.to(dtype), mask=inside)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x as (rows, last dim) with a unit stride on the last dim, copying only when it has to."""
+    x = x.reshape(-1, x.shape[-1])
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm(x + residual) * weight, and x + residual (x itself when no residual is given)."""
+    d = x.shape[-1]
+    rows_x = _rows(x)
+    out = torch.empty(rows_x.shape, device=x.device, dtype=x.dtype)
+    total = torch.empty_like(out) if residual is not None else rows_x
+    rows_r = _rows(residual) if residual is not None else rows_x
+    _rms_norm[(rows_x.shape[0],)](rows_x, rows_r, weight, out, total, rows_x.stride(0), rows_r.stride(0),
+                                  out.stride(0), total.stride(0), d, eps, HAS_RESIDUAL=residual is not None,
+                                  BD=triton.next_power_of_2(d), num_warps=8 if d >= 4096 else 4)
+    return out.view(x.shape), total.view(x.shape) if residual is not None else x
+
+
+def head_norm_gate(h: torch.Tensor, o: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`sigmoid(o) * (MultiHeadLayerNorm(h) * weight)`: h (B, NH, S, DV) from the cell, o (B, S, NH * DV);
+    returns (B, S, NH * DV)."""
+    B, NH, S, DV = h.shape
+    if h.stride(-1) != 1:
+        h = h.contiguous()
+    if o.stride(-1) != 1:
+        o = o.contiguous()
+    out = torch.empty(B, S, NH * DV, device=h.device, dtype=o.dtype)
+    _head_norm_gate[(B * S, NH)](h, o, weight, out, h.stride(0), h.stride(1), h.stride(2), o.stride(0), o.stride(1),
+                                 out.stride(0), out.stride(1), S, DV, eps, BD=triton.next_power_of_2(DV),
+                                 num_warps=4)
+    return out
+
+
+def silu_mul(gate: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * z, rows of the last dim (either may be a strided view of a fused projection)."""
+    d = gate.shape[-1]
+    rows_g, rows_z = _rows(gate), _rows(z)
+    out = torch.empty(rows_g.shape, device=gate.device, dtype=gate.dtype)
+    block = min(2048, triton.next_power_of_2(d))
+    _silu_mul[(rows_g.shape[0], triton.cdiv(d, block))](rows_g, rows_z, out, rows_g.stride(0), rows_z.stride(0),
+                                                         out.stride(0), d, BD=block, num_warps=4)
+    return out.view(gate.shape)
+
+
+def soft_cap_gates(i: torch.Tensor, f: torch.Tensor, cap: float,
+                   mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft-capped gate pre-activations (B, S, NH); where `mask` (B, S) is False, i = -inf and f = +inf (the
+    position leaves the state untouched)."""
+    B, S, NH = i.shape
+    rows_i, rows_f = _rows(i), _rows(f)
+    i_out, f_out = torch.empty(B, S, NH, device=i.device, dtype=i.dtype), torch.empty(B, S, NH, device=i.device,
+                                                                                       dtype=i.dtype)
+    n = B * S * NH
+    block = min(1024, triton.next_power_of_2(n))
+    mask_rows = mask.reshape(-1).view(torch.uint8) if mask is not None else i_out  # bool: one byte each
+    _soft_cap_gates[(triton.cdiv(n, block),)](rows_i, rows_f, mask_rows, i_out, f_out, rows_i.stride(0),
+                                              rows_f.stride(0), n, NH, cap, HAS_MASK=mask is not None, BN=block,
+                                              num_warps=4)
+    return i_out, f_out
