@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import results
@@ -66,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--only-profile", action="store_true", help="skip the suites (with --profile)")
     parser.add_argument("--tiny", action="store_true", help="small configs on the CPU (no timing claims)")
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--only", help=argparse.SUPPRESS)  # internal: run one variant in this process
     return parser.parse_args(argv)
 
 
@@ -259,21 +261,21 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     device = "cpu" if args.tiny else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmarks/generation.py needs a CUDA GPU (or --tiny for the CPU)")
+    if args.only:
+        rows = []
+        try:
+            run_variant(args, args.only, device, rows)
+        except Exception as error:  # noqa: BLE001  (a peer that fails is a result; the others still run)
+            print(json.dumps(dict(suite="all", variant=args.only, error=f"{type(error).__name__}: {error}"[:300])))
+        return
     info = results.environment()
     print(json.dumps(info), flush=True)
-    rows = []
-    for variant in args.variants:
-        try:
-            run_variant(args, variant, device, rows)
-        except Exception as error:  # noqa: BLE001  (a peer that fails is a result; the others still run)
-            rows.append(dict(suite="all", variant=variant, error=f"{type(error).__name__}: {error}"[:300]))
-            print(json.dumps(rows[-1]), flush=True)
-        if device == "cuda":
-            torch.cuda.empty_cache()  # the model is gone with run_variant's frame
+    rows = [row for variant in args.variants for row in results.run_isolated(__file__, argv, variant)]
     print(table(rows))
     results.write(args.out, info, args, rows)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 
 import torch
@@ -33,3 +35,19 @@ def write(path: str | None, info: dict, args, rows: list[dict]) -> None:
     with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as handle:
         json.dump(dict(info=info, args=vars(args), rows=rows), handle, indent=1)
     os.replace(handle.name, path)
+
+
+def run_isolated(script: str, argv: list[str], variant: str) -> list[dict]:
+    """Run `script argv --only variant` in a fresh process and collect the result rows it prints (JSON lines with a
+    "suite" key), passing its output on as it comes. One model per process: torch.compile's and our CUDA graphs,
+    memory pools and peak statistics never meet another model's (a Llama compiled after xLSTM's graphs were captured
+    in the same process decoded at a third of its own speed)."""
+    child = subprocess.Popen([sys.executable, script, *argv, "--only", variant], stdout=subprocess.PIPE, text=True)
+    rows = []
+    for line in child.stdout:
+        print(line, end="", flush=True)
+        if line.startswith('{"suite"'):
+            rows.append(json.loads(line))
+    if child.wait() and not rows:
+        rows.append(dict(suite="all", variant=variant, error=f"exit status {child.returncode}"))
+    return rows

@@ -26,7 +26,21 @@ def test_generation_benchmark_tiny(tmp_path):
 
 
 def test_benchmarks_have_help():
-    for script in ("generation.py", "kernels.py", "prefill_memory.py"):
+    for script in ("generation.py", "kernels.py", "prefill_memory.py", "training.py", "plots.py", "slstm.py"):
         run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True,
                              text=True, timeout=120)
         assert run.returncode == 0 and "usage:" in run.stdout, run.stderr[-1000:]
+
+
+def test_training_benchmark_tiny(tmp_path):
+    out = tmp_path / "training.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "training.py"), "--tiny", "--seq-len", "32",
+                          "--steps", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["variant"], r["setup"]) for r in rows} == {(v, s) for v in ("xlstm_hf", "transformers_xlstm")
+                                                          for s in ("full_1.3b", "lora_7b")}
+    assert all(r["tok_s"] > 0 for r in rows)
+    # LoRA trains a small fraction of the weights; the full setup all of them.
+    by_setup = {r["setup"]: r["trained_params"] for r in rows if r["variant"] == "xlstm_hf"}
+    assert by_setup["lora_7b"] < by_setup["full_1.3b"] / 5

@@ -239,6 +239,14 @@ class XLSTMPreTrainedModel(PreTrainedModel):
         return resolve_backend(self.device, self.config.kernel_preference)
 
 
+def keep_positions(x: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """The positions of (B, S, H) hidden states the LM head sees: the last `logits_to_keep` (0 = all), or the given
+    indices."""
+    if isinstance(logits_to_keep, int):
+        return x[:, -logits_to_keep:] if logits_to_keep else x
+    return x[:, logits_to_keep]
+
+
 def check_inputs(config, input_ids, inputs_embeds, attention_mask) -> None:
     """Raise a `ValueError` naming the bad argument: both or neither of ids and embeddings, empty input, token ids
     outside the vocabulary, a wrong embedding width or mask shape. `config` gives vocab_size and hidden_size."""
@@ -498,12 +506,7 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
             output_hidden_states=output_hidden_states,
             last_positions_to_keep=keep_last,
         )
-        x = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int):
-            x = x[:, -logits_to_keep:] if logits_to_keep else x
-        else:
-            x = x[:, logits_to_keep]
-        logits = self._head(x)
+        logits = self._head(keep_positions(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

@@ -31,7 +31,7 @@ from .cache_xlstm_stack import XLSTMStackCache, initial_block_state
 from .configuration_xlstm_stack import XLSTMStackConfig
 from .kernels import mlstm, resolve_backend
 from .kernels.slstm_torch import slstm_recurrent_sequence
-from .modeling_xlstm import RecurrentGenerationMixin, check_inputs
+from .modeling_xlstm import RecurrentGenerationMixin, check_inputs, keep_positions
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -535,12 +535,7 @@ class XLSTMStackForCausalLM(XLSTMStackModel, RecurrentGenerationMixin):
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
         )
-        x = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int):
-            x = x[:, -logits_to_keep:] if logits_to_keep else x
-        else:
-            x = x[:, logits_to_keep]
-        logits = self.lm_head(x)
+        logits = self.lm_head(keep_positions(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

@@ -1,0 +1,105 @@
+"""PNG plots of `benchmarks/generation.py` results (one or more JSON files, merged): time to first token and decode
+speed against the prompt length, prefill throughput by batch shape, and peak memory while generating.
+
+    python benchmarks/plots.py docs/results/generation_*.json --out docs/img
+
+Needs matplotlib (not a dependency of the package: `pip install matplotlib`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import defaultdict
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", help="JSON files written by benchmarks/generation.py --out")
+    parser.add_argument("--out", default="docs/img", help="folder for the PNG files (default: docs/img)")
+    return parser.parse_args(argv)
+
+
+def load(paths: list[str]) -> tuple[list[dict], set[str]]:
+    rows, devices = [], set()
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        devices.add(data["info"]["device"])
+        rows += [r for r in data["rows"] if "error" not in r]
+    return rows, devices
+
+
+def by_variant(rows: list[dict], suite: str, key: str) -> dict[str, list[tuple]]:
+    series = defaultdict(list)
+    for r in rows:
+        if r["suite"] == suite and r.get(key) == r.get(key):  # skips NaN (a first-token-only run)
+            series[r["variant"]].append((max(r["prompt"], 1), r[key]))
+    return {name: sorted(points) for name, points in series.items()}
+
+
+def main(argv=None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    args = parse_args(argv)
+    rows, devices = load(args.results)
+    os.makedirs(args.out, exist_ok=True)
+    where = ", ".join(sorted(devices))
+    for key, name, label in (("ttft_ms", "ttft.png", "time to first token (ms)"),
+                             ("decode_tok_s", "decode.png", "decode tokens/s (batch 1)")):
+        series = by_variant(rows, "latency", key)
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for variant, points in series.items():
+            ax.plot(*zip(*points), marker="o", label=variant)
+        ax.set(xscale="log", xlabel="prompt tokens", ylabel=label, title=f"model.generate, 7B configs, bf16 ({where})")
+        if key == "ttft_ms":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(args.out, name), dpi=120)
+        plt.close(fig)
+        print(f"wrote {os.path.join(args.out, name)}")
+
+    prefill = [r for r in rows if r["suite"] == "prefill"]
+    if prefill:
+        shapes = sorted({(r["batch"], r["prompt"]) for r in prefill}, key=lambda s: s[1])
+        variants = sorted({r["variant"] for r in prefill})
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        width = 0.8 / len(variants)
+        for n, variant in enumerate(variants):
+            values = {(r["batch"], r["prompt"]): r["batch"] * r["prompt"] * 1000 / r["ttft_ms"]
+                      for r in prefill if r["variant"] == variant}
+            ax.bar([i + n * width for i in range(len(shapes))], [values.get(s, 0) / 1000 for s in shapes], width,
+                   label=variant)
+        ax.set_xticks([i + width * (len(variants) - 1) / 2 for i in range(len(shapes))],
+                      [f"{b} x {p // 1024}K" for b, p in shapes])
+        ax.set(ylabel="prefill, thousand tokens/s", title=f"65,536 tokens a batch ({where})")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(args.out, "prefill.png"), dpi=120)
+        plt.close(fig)
+        print(f"wrote {os.path.join(args.out, 'prefill.png')}")
+
+    memory = [r for r in rows if r["suite"] == "memory" and r.get("points")]
+    if memory:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for r in memory:
+            ax.plot(*zip(*r["points"]), marker=".", label=r["variant"])
+        ax.set(xlabel="generated tokens", ylabel="peak GPU memory (GiB)", ylim=(0, None),
+               title=f"memory while generating ({where})")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(args.out, "memory.png"), dpi=120)
+        plt.close(fig)
+        print(f"wrote {os.path.join(args.out, 'memory.png')}")
+
+
+if __name__ == "__main__":
+    main()
