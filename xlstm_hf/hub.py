@@ -32,8 +32,8 @@ An xLSTM language model ([xLSTM 7B architecture](https://arxiv.org/abs/2503.1342
 `{config.weight_mode}`{", fine-tuned from " + base_model if base_model else ""}.
 
 The checkpoint loads in plain transformers (>= 5.24, its built-in xLSTM) and, faster, with
-[xlstm_hf](https://pypi.org/project/xlstm_hf/): Triton kernels for the mLSTM cell ({model.kernel_backend} ran when
-this card was written, on {model.device.type}), exact padded batches, constant memory in context.
+[xlstm_hf](https://pypi.org/project/xlstm_hf/): Triton kernels for the mLSTM cell on CUDA (a PyTorch reference
+elsewhere), exact padded batches, constant memory in context.
 
 ```python
 import xlstm_hf  # optional: registers the fast implementation
