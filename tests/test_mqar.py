@@ -1,0 +1,41 @@
+"""The MQAR experiment (`examples/mqar.py`): the generated data means what it should, and a smoke run writes its
+report."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+from mqar import IGNORE, mqar_batch  # noqa: E402
+
+
+def test_every_scored_label_is_the_value_stored_under_the_queried_key():
+    data = mqar_batch(50, pairs=6, seq_len=40, vocab_size=64, generator=torch.Generator().manual_seed(0))
+    for ids, labels in zip(data["input_ids"].tolist(), data["labels"].tolist()):
+        store = dict(zip(ids[0:12:2], ids[1:12:2]))
+        assert len(store) == 6 and all(0 < k < 32 <= v < 64 for k, v in store.items())  # distinct keys; ranges
+        scored = [t for t, label in enumerate(labels) if label != IGNORE]
+        assert scored == list(range(13, 24, 2))
+        assert sorted(ids[t - 1] for t in scored) == sorted(store)  # every key is queried once
+        assert all(labels[t] == store[ids[t - 1]] for t in scored)
+        assert set(ids[24:]) == {0}  # padding after the queries, never scored
+
+
+def test_smoke_run_writes_the_report(tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / "mqar.py"), "--tiny", "--output-dir",
+                          str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "mqar.json").read_text())
+    assert {(r["model"], r["pairs"]) for r in result["rows"]} == {(m, n) for m in ("xlstm_1_1", "xlstm_1_0", "llama")
+                                                                  for n in (2, 4)}
+    assert all(0 <= r["accuracy"] <= 1 for r in result["rows"]) and (tmp_path / "out" / "mqar.md").exists()
+
+
+def test_a_bad_argument_is_named(tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / "mqar.py"), "--pairs", "64", "--seq-len", "100",
+                          "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "--seq-len" in run.stderr and not (tmp_path / "out").exists()
