@@ -29,6 +29,25 @@ register_module_module_registration_hook(_count_registration)
 register_module_parameter_registration_hook(_count_registration)
 
 
+class WeightWatch:
+    """Tells whether the weights a graph baked in are still the model's: `moved(parameters)` is True once any of
+    them was reallocated (`model.to`, `load_state_dict(assign=True)`) or replaced (a new layer, merged adapters)."""
+
+    def __init__(self, weights: list[torch.Tensor]):
+        self.weights, self.registrations = list(weights), _registrations
+        self.pointers = self.addresses(self.weights)
+
+    @staticmethod
+    def addresses(tensors: list[torch.Tensor]) -> tuple[int, ...]:
+        return tuple(t.data_ptr() for t in tensors)
+
+    def moved(self, parameters: Callable[[], list[torch.Tensor]]) -> bool:
+        """`parameters()` lists the model's weights now; it is called only after a registration somewhere."""
+        if self.registrations != _registrations:
+            self.weights, self.registrations = parameters(), _registrations
+        return self.pointers != self.addresses(self.weights)
+
+
 class DecodeGraph:
     """Capture `step(ids, mask) -> logits` once over `state_tensors`, then replay it for new token ids.
 
@@ -43,10 +62,9 @@ class DecodeGraph:
     def __init__(self, step: Callable, state_tensors: list[torch.Tensor], weights: list[torch.Tensor],
                  batch_size: int, device: torch.device):
         self.state = list(state_tensors)
-        self.weights, self.registrations = list(weights), _registrations
+        self.weights = WeightWatch(weights)
         self.ids = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.mask = torch.ones(batch_size, 1, dtype=torch.bool, device=device)
-        self.weight_pointers = self.addresses(weights)
         saved = [t.clone() for t in state_tensors]
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -59,16 +77,6 @@ class DecodeGraph:
             self.logits = step(self.ids, self.mask)
         for tensor, value in zip(state_tensors, saved):  # the warm-up steps advanced the state: undo them
             tensor.copy_(value)
-
-    @staticmethod
-    def addresses(tensors: list[torch.Tensor]) -> tuple[int, ...]:
-        return tuple(t.data_ptr() for t in tensors)
-
-    def weights_moved(self, parameters: Callable[[], list[torch.Tensor]]) -> bool:
-        """Whether the model's weights (`parameters()` lists them) are no longer the tensors the graph reads."""
-        if self.registrations != _registrations:
-            self.weights, self.registrations = parameters(), _registrations
-        return self.weight_pointers != self.addresses(self.weights)
 
     def binds(self, state_tensors: list[torch.Tensor]) -> bool:
         """Whether these are the tensors the graph reads and writes."""

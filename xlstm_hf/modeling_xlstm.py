@@ -563,7 +563,7 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
         states = cache.state_tensors()
         key = (cache.batch_size, states[0].dtype)
         entry = self._decode_graphs.get(key)
-        if entry is None or entry[1].weights_moved(lambda: list(self.parameters())):
+        if entry is None or entry[1].weights.moved(lambda: list(self.parameters())):
             if entry is None and len(self._decode_graphs) >= self.max_decode_graphs:
                 self._decode_graphs.pop(next(iter(self._decode_graphs)))
             step = lambda ids, mask: self._head(self.backbone.decode_step(ids, mask, cache))  # noqa: E731
