@@ -1,10 +1,10 @@
-"""The CPU-testable parts of CUDA-graph decoding: when baked-in weights count as moved, and a cache taking over
-another's state tensors (the graph itself needs CUDA: tests/test_gpu_model.py)."""
+"""The CPU-testable parts of CUDA-graph decoding: when baked-in weights count as moved, and how the graph's state
+tensors pass from one cache to the next (the graph itself needs CUDA: tests/test_gpu_model.py)."""
 
 import torch
 
 from helpers import random_ids, tiny_model
-from xlstm_hf.decode_graph import WeightWatch
+from xlstm_hf.decode_graph import SharedState, WeightWatch
 
 
 def test_weight_watch_sees_reallocation_and_replacement_but_not_in_place_updates():
@@ -23,15 +23,32 @@ def test_weight_watch_sees_reallocation_and_replacement_but_not_in_place_updates
     assert watch.moved(params)
 
 
-def test_a_cache_bound_to_another_cache_s_tensors_continues_the_same():
+def test_shared_state_is_lent_with_the_borrowers_values_and_the_previous_borrower_keeps_its_own():
     model = tiny_model()
     ids = random_ids(2, 12)
     with torch.no_grad():
         first = model(ids[:, :10]).cache
-        taken_over = model.backbone.new_cache(2)
-        taken_over.bind_state([t.clone() for t in first.state_tensors()])
-        taken_over.seen_tokens = first.seen_tokens
-        assert all(a.data_ptr() != b.data_ptr() for a, b in zip(first.state_tensors(), taken_over.state_tensors()))
-        expected = model(ids[:, 10:], cache=first).logits
-        assert torch.equal(model(ids[:, 10:], cache=taken_over).logits, expected)
-    assert all(torch.equal(a, b) for a, b in zip(first.state_tensors(), taken_over.state_tensors()))
+        second = model(ids[:, 2:9]).cache
+        shared = SharedState(first)  # as a graph captured on `first`
+        tensors = list(shared.tensors)
+        values = {name: [t.clone() for t in cache.state_tensors()] for name, cache in (("1", first), ("2", second))}
+        expected = {name: model(ids[:, 10:], cache=copy_cache(model, cache)).logits
+                    for name, cache in (("1", first), ("2", second))}
+
+        shared.lend(second)
+        assert shared.held_by(second) and not shared.held_by(first)
+        assert all(a is b for a, b in zip(second.state_tensors(), tensors))  # the graph's tensors, not copies
+        for name, cache in (("1", first), ("2", second)):
+            assert all(torch.equal(a, b) for a, b in zip(cache.state_tensors(), values[name]))
+            assert torch.equal(model(ids[:, 10:], cache=cache).logits, expected[name])
+
+        shared.lend(first)  # back: `first` continues from its own values, in the shared tensors again
+        assert shared.held_by(first) and all(a is b for a, b in zip(first.state_tensors(), tensors))
+        assert not shared.held_by(second)
+
+
+def copy_cache(model, cache):
+    copy = model.backbone.new_cache(cache.batch_size)
+    copy.bind_state([t.clone() for t in cache.state_tensors()])
+    copy.seen_tokens = cache.seen_tokens
+    return copy

@@ -97,10 +97,10 @@ def test_one_capture_serves_later_generate_calls_and_earlier_caches_keep_their_s
     ids = random_ids(2, 30).cuda()
     kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, return_dict_in_generate=True)
     first = model.generate(ids, **kwargs)
-    (graph,) = [entry[1] for entry in model._decode_graphs.values()]
+    (graph,) = model._decode_graphs.values()
     kept = [t.clone() for t in first.cache.state_tensors()]
     second = model.generate(ids[:, :20], **kwargs)
-    assert [entry[1] for entry in model._decode_graphs.values()] == [graph]  # no second capture
+    assert list(model._decode_graphs.values()) == [graph]  # no second capture
     assert all(torch.equal(a, b) for a, b in zip(first.cache.state_tensors(), kept))
     model.cuda_graphs = False
     eager = model.generate(ids[:, :20], **kwargs, disable_compile=True)

@@ -117,6 +117,20 @@ class XLSTMCache(Cache):
         super().reset()
         self.seen_tokens = 0
 
+    def states_to_continue(self) -> list[tuple | None]:
+        """Each layer's state for a forward pass to continue from (None for all when nothing was absorbed yet). Copies
+        when autograd may save them: the in-place update of `absorb` must not touch a tensor saved for backward."""
+        if not self.seen_tokens:
+            return [None] * len(self.layers)
+        copy = torch.is_grad_enabled()
+        return [tuple(t.clone() for t in layer.state) if copy else layer.state for layer in self.layers]
+
+    def absorb(self, states: list[tuple], length: int) -> None:
+        """Store the states a forward pass over `length` more tokens ended in."""
+        for layer, state in zip(self.layers, states):
+            layer.update(state)
+        self.seen_tokens += length
+
     def state_tensors(self) -> list[torch.Tensor]:
         """Every layer's C, n and m, in layer order."""
         return [t for layer in self.layers for t in layer.state]

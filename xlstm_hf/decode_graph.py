@@ -1,8 +1,8 @@
 """One decode step captured in a CUDA graph: every later token replays it, with no Python or launch overhead.
 
-The graph records the addresses of the state tensors it was captured on. A cache that is not bound to them (the
-cache of the next generate() call, or one whose tensors were replaced) takes them over through `adopt`, so one capture
-serves every later cache of the same batch size.
+The graph records the addresses of the state tensors it was captured on: a `SharedState` lends them to one cache at a
+time. A cache that does not hold them (the cache of the next generate() call, or one whose tensors were replaced)
+borrows them, with its values, so one capture serves every later cache of the same batch size.
 
 The weights' addresses are baked in too. Checking them each token must cost little: the list of parameters is
 gathered again only after a module or parameter was registered somewhere in the process (a replaced layer, merged
@@ -12,6 +12,7 @@ parameter objects and changes their addresses, which the pointer comparison sees
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -48,24 +49,46 @@ class WeightWatch:
         return self.pointers != self.addresses(self.weights)
 
 
+class SharedState:
+    """The state tensors a decode graph reads and writes, held by one cache at a time (the borrower)."""
+
+    def __init__(self, cache):
+        self.tensors = cache.state_tensors()
+        self.borrower = weakref.ref(cache)
+
+    def held_by(self, cache) -> bool:
+        return all(a is b for a, b in zip(cache.state_tensors(), self.tensors))
+
+    def lend(self, cache) -> None:
+        """Make `cache` hold these tensors, loaded with its own values (nothing to do when it holds them already).
+        The previous borrower, when it is alive and still holds them, keeps its values in copies of its own."""
+        if self.held_by(cache):
+            return
+        previous = self.borrower()
+        if previous is not None and previous is not cache and self.held_by(previous):
+            previous.bind_state([t.clone() for t in self.tensors])
+        for own, new in zip(self.tensors, cache.state_tensors()):
+            own.copy_(new)
+        cache.bind_state(self.tensors)
+        self.borrower = weakref.ref(cache)
+
+
 class DecodeGraph:
-    """Capture `step(ids, mask) -> logits` once over `state_tensors`, then replay it for new token ids.
+    """Capture `step(ids, mask) -> logits` once over the state tensors of `cache`, then replay it for new token ids.
 
     Args:
-        step: One sync-free decode step reading and updating `state_tensors` in place.
-        state_tensors: The recurrent state the step reads and writes (restored after the warm-up runs).
+        step: One sync-free decode step reading and updating the cache's state in place.
+        cache: The cache the graph is captured on (its tensors become the graph's `SharedState`).
         weights: The parameters the step reads (their addresses are baked in too).
-        batch_size: Rows of `ids` (B, 1).
         device: The CUDA device.
     """
 
-    def __init__(self, step: Callable, state_tensors: list[torch.Tensor], weights: list[torch.Tensor],
-                 batch_size: int, device: torch.device):
-        self.state = list(state_tensors)
+    def __init__(self, step: Callable, cache, weights: list[torch.Tensor], device: torch.device):
+        self.state = SharedState(cache)
         self.weights = WeightWatch(weights)
-        self.ids = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
-        self.mask = torch.ones(batch_size, 1, dtype=torch.bool, device=device)
-        saved = [t.clone() for t in state_tensors]
+        self.ids = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=device)
+        self.mask = torch.ones(cache.batch_size, 1, dtype=torch.bool, device=device)
+        saved = [t.clone() for t in self.state.tensors]
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
@@ -75,20 +98,8 @@ class DecodeGraph:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.logits = step(self.ids, self.mask)
-        for tensor, value in zip(state_tensors, saved):  # the warm-up steps advanced the state: undo them
+        for tensor, value in zip(self.state.tensors, saved):  # the warm-up steps advanced the state: undo them
             tensor.copy_(value)
-
-    def binds(self, state_tensors: list[torch.Tensor]) -> bool:
-        """Whether these are the tensors the graph reads and writes."""
-        return all(a is b for a, b in zip(state_tensors, self.state))
-
-    def adopt(self, state_tensors: list[torch.Tensor], previous_owner_state: list[torch.Tensor] | None) -> list:
-        """Load `state_tensors` into the graph's own state tensors, which the caller then binds to its cache. The
-        previous owner's values (when it is still alive and bound) are cloned first: returned, for it to keep."""
-        kept = [t.clone() for t in previous_owner_state] if previous_owner_state is not None else None
-        for own, new in zip(self.state, state_tensors):
-            own.copy_(new)
-        return kept
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         self.ids.copy_(ids)

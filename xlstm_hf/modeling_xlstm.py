@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import os
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from .cache_xlstm import XLSTMCache
 from .configuration_xlstm import XLSTMConfig
 from .decode_graph import DecodeGraph
-from .kernels import MLSTMState, mlstm, resolve_backend
+from .kernels import MLSTMState, mlstm, pad_gates, resolve_backend
 
 
 def elementwise_triton():
@@ -138,12 +137,7 @@ class XLSTMLayer(nn.Module):
         if fused:
             i, f = elementwise_triton().soft_cap_gates(i, f, cap, mask)
         else:
-            i, f = soft_cap(i, cap), soft_cap(f, cap)
-            if mask is not None:
-                # A padded position must leave the state untouched: input gate exp(-inf) = 0, forget gate exactly 1.
-                pad = ~mask[:, :, None]
-                i = i.masked_fill(pad, float("-inf"))
-                f = f.masked_fill(pad, float("inf"))
+            i, f = pad_gates(soft_cap(i, cap), soft_cap(f, cap), mask)
         heads = lambda t: t.view(B, S, self.num_heads, -1).transpose(1, 2)  # noqa: E731
         h, state = mlstm(
             heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2), state,
@@ -247,6 +241,14 @@ def keep_positions(x: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch
     return x[:, logits_to_keep]
 
 
+def padding_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    """The (B, length) bool mask of the input's positions (the last `length` columns of `attention_mask`), or None
+    when nothing is padded: the cells then take their unmasked path."""
+    if attention_mask is None or bool(attention_mask[:, -length:].all()):
+        return None
+    return attention_mask[:, -length:].bool()
+
+
 def check_inputs(config, input_ids, inputs_embeds, attention_mask) -> None:
     """Raise a `ValueError` naming the bad argument: both or neither of ids and embeddings, empty input, token ids
     outside the vocabulary, a wrong embedding width or mask shape. `config` gives vocab_size and hidden_size."""
@@ -339,15 +341,8 @@ class XLSTMModel(XLSTMPreTrainedModel):
             cache.check_compatible(self.config, batch_size)
         elif use_cache:
             cache = self.new_cache(batch_size)
-        mask = None
-        if attention_mask is not None and not bool(attention_mask[:, -length:].all()):
-            mask = attention_mask[:, -length:].bool()
-
-        states: list[MLSTMState | None] = [None] * len(self.blocks)
-        if cache is not None and cache.seen_tokens:
-            # Copies when autograd may save them: the in-place cache update must not touch a saved tensor.
-            copy = torch.is_grad_enabled()
-            states = [tuple(t.clone() for t in layer.state) if copy else layer.state for layer in cache.layers]
+        mask = padding_mask(attention_mask, length)
+        states: list[MLSTMState | None] = cache.states_to_continue() if cache is not None else [None] * len(self.blocks)
 
         # Segments carry the state from one to the next: exact, and the activations of one segment bound memory.
         keep_from = length - last_positions_to_keep if 0 < last_positions_to_keep < length else 0
@@ -371,9 +366,7 @@ class XLSTMModel(XLSTMPreTrainedModel):
                 kept.append(tail if output_hidden_states else self.out_norm(tail))
 
         if cache is not None:
-            for layer, state in zip(cache.layers, states):
-                layer.update(state)
-            cache.seen_tokens += length
+            cache.absorb(states, length)
         return BaseModelOutputWithPast(
             last_hidden_state=torch.cat(kept, 1) if len(kept) > 1 else kept[0],
             cache=cache if use_cache else None,
@@ -455,7 +448,7 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
         super().__init__(config)
         self.backbone = XLSTMModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self._decode_graphs: dict[tuple, tuple[weakref.ref, DecodeGraph]] = {}
+        self._decode_graphs: dict[tuple, DecodeGraph] = {}
         self.post_init()
 
     def new_generation_cache(self, batch_size: int) -> XLSTMCache:
@@ -559,26 +552,15 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
 
     def _replay_decode(self, input_ids, attention_mask, cache: XLSTMCache) -> torch.Tensor:
         """The decode step from a CUDA graph: one per (batch size, state dtype), captured on first use (again if the
-        weights moved); a new cache takes over the graph's state tensors instead of causing a new capture."""
-        states = cache.state_tensors()
-        key = (cache.batch_size, states[0].dtype)
-        entry = self._decode_graphs.get(key)
-        if entry is None or entry[1].weights.moved(lambda: list(self.parameters())):
-            if entry is None and len(self._decode_graphs) >= self.max_decode_graphs:
+        weights moved); a new cache borrows the graph's state tensors instead of causing a new capture."""
+        key = (cache.batch_size, cache.layers[0].state[0].dtype)
+        graph = self._decode_graphs.get(key)
+        if graph is None or graph.weights.moved(lambda: list(self.parameters())):
+            if graph is None and len(self._decode_graphs) >= self.max_decode_graphs:
                 self._decode_graphs.pop(next(iter(self._decode_graphs)))
             step = lambda ids, mask: self._head(self.backbone.decode_step(ids, mask, cache))  # noqa: E731
-            entry = (weakref.ref(cache), DecodeGraph(step, states, list(self.parameters()), cache.batch_size,
-                                                     input_ids.device))
-            self._decode_graphs[key] = entry
-        graph = entry[1]
-        if not graph.binds(states):
-            owner = entry[0]()
-            bound = owner is not None and owner is not cache and graph.binds(owner.state_tensors())
-            kept = graph.adopt(states, owner.state_tensors() if bound else None)
-            if bound:
-                owner.bind_state(kept)  # the earlier cache keeps its values in tensors of its own
-            cache.bind_state(graph.state)
-            self._decode_graphs[key] = (weakref.ref(cache), graph)
+            graph = self._decode_graphs[key] = DecodeGraph(step, cache, list(self.parameters()), input_ids.device)
+        graph.state.lend(cache)
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask[:, -1:].bool()
         logits = graph(input_ids, mask)
         cache.seen_tokens += 1

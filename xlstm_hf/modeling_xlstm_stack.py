@@ -29,9 +29,9 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from .cache_xlstm_stack import XLSTMStackCache, initial_block_state
 from .configuration_xlstm_stack import XLSTMStackConfig
-from .kernels import mlstm, resolve_backend
+from .kernels import mlstm, pad_gates, resolve_backend
 from .kernels.slstm_torch import slstm_recurrent_sequence
-from .modeling_xlstm import RecurrentGenerationMixin, check_inputs, keep_positions
+from .modeling_xlstm import RecurrentGenerationMixin, check_inputs, keep_positions, padding_mask
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -131,10 +131,7 @@ class XLSTMStackMLSTMCell(nn.Module):
     ) -> tuple[torch.Tensor, tuple]:
         B, S, _ = q.shape
         qkv = torch.cat([q, k, v], dim=-1)
-        i, f = self.igate(qkv), self.fgate(qkv)  # (B, S, NH)
-        if mask is not None:  # a padded position leaves the state untouched: exp(-inf) = 0, logsigmoid(inf) = 0
-            i = i.masked_fill(~mask[..., None], float("-inf"))
-            f = f.masked_fill(~mask[..., None], float("inf"))
+        i, f = pad_gates(self.igate(qkv), self.fgate(qkv), mask)  # (B, S, NH)
         heads = lambda t: t.view(B, S, self.num_heads, -1).transpose(1, 2)  # noqa: E731
         h, state = mlstm(
             heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2), state,
@@ -432,16 +429,9 @@ class XLSTMStackModel(XLSTMStackPreTrainedModel):
             cache.check_compatible(self.config, batch_size)
         elif use_cache:
             cache = self.new_cache(batch_size)
-        mask = None
-        if attention_mask is not None and not bool(attention_mask[:, -length:].all()):
-            mask = attention_mask[:, -length:].bool()
-
+        mask = padding_mask(attention_mask, length)
         blocks = self.xlstm_block_stack.blocks
-        states: list[tuple | None] = [None] * len(blocks)
-        if cache is not None and cache.seen_tokens:
-            # Copies when autograd may save them: the in-place cache update must not touch a saved tensor.
-            copy = torch.is_grad_enabled()
-            states = [tuple(t.clone() for t in layer.state) if copy else layer.state for layer in cache.layers]
+        states: list[tuple | None] = cache.states_to_continue() if cache is not None else [None] * len(blocks)
 
         x = self.emb_dropout(self.token_embedding(input_ids) if inputs_embeds is None else inputs_embeds)
         hidden_states = [] if output_hidden_states else None
@@ -457,9 +447,7 @@ class XLSTMStackModel(XLSTMStackPreTrainedModel):
             hidden_states.append(x)
 
         if cache is not None:
-            for layer, state in zip(cache.layers, states):
-                layer.update(state)
-            cache.seen_tokens += length
+            cache.absorb(states, length)
         return BaseModelOutputWithPast(
             last_hidden_state=x,
             cache=cache if use_cache else None,

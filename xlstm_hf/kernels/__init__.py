@@ -12,6 +12,7 @@ from .mlstm_torch import (
     mlstm_parallel,
     mlstm_recurrent_sequence,
     mlstm_recurrent_step,
+    pad_gates,
     zero_state,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "mlstm_recurrent_sequence",
     "mlstm_recurrent_step",
     "normalize_backend",
+    "pad_gates",
     "resolve_backend",
     "set_backend",
     "triton_available",

@@ -29,6 +29,7 @@ __all__ = [
     "mlstm_parallel",
     "mlstm_recurrent_sequence",
     "mlstm_recurrent_step",
+    "pad_gates",
     "zero_state",
 ]
 
@@ -46,6 +47,15 @@ def zero_state(
         torch.zeros(batch_size, num_heads, qk_head_dim, device=device, dtype=dtype),
         torch.zeros(batch_size, num_heads, device=device, dtype=dtype),
     )
+
+
+def pad_gates(i: torch.Tensor, f: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gate pre-activations (B, S, NH) with the padded positions (`mask` (B, S) False) set so that they leave the
+    state exactly untouched: input gate -inf (exp gives 0), forget gate +inf (logsigmoid gives 0)."""
+    if mask is None:
+        return i, f
+    pad = ~mask[..., None]
+    return i.masked_fill(pad, float("-inf")), f.masked_fill(pad, float("inf"))
 
 
 def _initial_state(q: torch.Tensor, v: torch.Tensor, initial_state: MLSTMState | None) -> MLSTMState:

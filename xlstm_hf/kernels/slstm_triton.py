@@ -207,7 +207,6 @@ def slstm_triton(
     )
     h_last = out[:, -1].float() if S else h0.clone()
     return out, (h_last, c, n, m)
-    return out, final_state
 
 
 __all__ = ["RESIDENT_HEAD_DIM", "slstm_triton", "supported"]
