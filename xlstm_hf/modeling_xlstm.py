@@ -373,7 +373,6 @@ class XLSTMModel(XLSTMPreTrainedModel):
             hidden_states=tuple(torch.cat(h, 1) for h in hidden_states) if output_hidden_states else None,
         )
 
-
     def decode_step(self, input_ids: torch.LongTensor, mask: torch.Tensor, cache: XLSTMCache) -> torch.Tensor:
         """One token per row, continuing `cache`, with no host synchronisation (so a CUDA graph can capture it):
         no input checks, and `mask` (B, 1) bool applied as given. Returns the output-normed hidden state (B, 1, H)
@@ -506,7 +505,6 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
-
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """transformers' save_pretrained, plus a generated model card (README.md) when the folder has none."""
