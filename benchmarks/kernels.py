@@ -34,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--step-batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--no-backward", action="store_true", help="forward only")
     parser.add_argument("--profile", action="store_true", help="per-kernel times of our fw+bw at each S, then stop")
-    parser.add_argument("--sweep", action="store_true", help="time our kernels' tilings at the longest S, then stop")
+    parser.add_argument("--sweep", action="store_true",
+                        help="time our kernels' tilings at each S and chunk size, then stop")
     parser.add_argument("--skip", nargs="*", default=[], metavar="TEXT",
                         help="skip the sequence variants whose name contains TEXT (e.g. xl_chunk)")
     parser.add_argument("--out", help="write the results as JSON here")
@@ -188,32 +189,32 @@ def time_step(args) -> list[dict]:
 
 
 def sweep(args) -> None:
-    """Forward tilings (state kernels, then output kernel), then gradient tilings, at the longest length."""
+    """Forward tilings (state kernels, then output kernel), then gradient tilings, at every length and chunk size."""
     from xlstm_hf.kernels.mlstm_triton import TILING, mlstm_chunkwise_triton
 
-    S = max(args.lengths)
-    inputs = gate_inputs(args.batch, args.heads, S, args.dqk, args.dv, torch.bfloat16, requires_grad=True)
-    grad = torch.randn(args.batch, args.heads, S, args.dv, device="cuda", dtype=torch.bfloat16)
     fields = [
-        ("state", [dict(), dict(state_bk=16, state_bv=64), dict(state_bk=32, state_bv=64, state_warps=4),
-                   dict(state_bk=64, state_bv=64, state_warps=4), dict(state_bk=32, state_bv=128, state_warps=4),
-                   dict(state_stages=3)]),
-        ("out", [dict(out_bt=128, out_bv=128, out_warps=8), dict(out_bt=64, out_bv=256, out_warps=8),
-                 dict(out_bt=128, out_bv=64, out_warps=4), dict(out_bt=64, out_bk=128, out_warps=8)]),
+        ("state", [dict(), dict(state_bk=32, state_bv=64, state_warps=2, bw_state_warps=2),
+                   dict(state_bk=64, state_bv=64), dict(state_warps=8), dict(bw_state_warps=4),
+                   dict(state_bk=128, state_bv=128, state_warps=8), dict(state_stages=3)]),
+        ("out", [dict(out_bv=256), dict(out_bt=128, out_bv=128), dict(out_bt=128, out_bv=256),
+                 dict(out_bv=128, out_warps=4), dict(out_stages=2), dict(out_stages=4)]),
         ("grad", [dict(grad_bt=128, grad_warps=8), dict(grad_bt=64, grad_bk=64, grad_bv=128, grad_warps=8)]),
     ]
-    for L in args.chunk_sizes:
-        for part, options in fields:
-            for option in options:
-                tiling = dataclasses.replace(TILING, **option)
-                fn = lambda: mlstm_chunkwise_triton(*inputs, chunk_size=L, tiling=tiling)[0]  # noqa: E731
-                try:
-                    row = dict(L=L, part=part, **option, fw_ms=round(bench(fn), 4))
-                    if part != "out":
-                        row["fwbw_ms"] = round(bench(lambda: fn().backward(grad), grad_to_none=inputs), 4)
-                except Exception as error:  # noqa: BLE001  (a tiling that does not fit is a result too)
-                    row = dict(L=L, part=part, **option, error=repr(error)[:120])
-                print(json.dumps(row), flush=True)
+    for S in args.lengths:
+        inputs = gate_inputs(args.batch, args.heads, S, args.dqk, args.dv, torch.bfloat16, requires_grad=True)
+        grad = torch.randn(args.batch, args.heads, S, args.dv, device="cuda", dtype=torch.bfloat16)
+        for L in args.chunk_sizes:
+            for part, options in fields:
+                for option in options:
+                    tiling = dataclasses.replace(TILING, **option)
+                    fn = lambda: mlstm_chunkwise_triton(*inputs, chunk_size=L, tiling=tiling)[0]  # noqa: E731
+                    try:
+                        row = dict(S=S, L=L, part=part, **option, fw_ms=round(bench(fn), 4))
+                        if part != "out" and not args.no_backward:
+                            row["fwbw_ms"] = round(bench(lambda: fn().backward(grad), grad_to_none=inputs), 4)
+                    except Exception as error:  # noqa: BLE001  (a tiling that does not fit is a result too)
+                        row = dict(S=S, L=L, part=part, **option, error=repr(error)[:120])
+                    print(json.dumps(row), flush=True)
 
 
 def table(rows: list[dict]) -> str:

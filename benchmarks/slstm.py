@@ -1,9 +1,10 @@
-"""sLSTM kernel benchmark: the whole-sequence recurrence (forward, no autograd) of one sLSTM layer, side by side.
+"""sLSTM kernel benchmark: the whole-sequence recurrence of one sLSTM layer, forward and forward+backward, side by side.
 
 Our fused Triton kernel and our PyTorch reference against the `xlstm` package's sLSTM cell on its CUDA kernel
 (compiled at first use with the CUDA toolkit; reported as failed when that does not build) and on its vanilla
 PyTorch backend, on the same weights and inputs; each row also gives the largest difference of h from the package's
-vanilla backend in float64. Median times from `triton.testing.do_bench` on a CUDA GPU; `--tiny` runs small sizes on
+vanilla backend in float64. Forward+backward differentiates the sum of h with respect to the gate inputs and the
+recurrent weights (and, for the package's cells, their bias). Median times from `triton.testing.do_bench` on a CUDA GPU; `--tiny` runs small sizes on
 the CPU instead (PyTorch variants only, wall-clock), to check the script.
 
     python benchmarks/slstm.py --help
@@ -49,7 +50,7 @@ def package_cell(backend: str, B: int, NH: int, DH: int, dtype: str, R: torch.Te
     cell = sLSTMCell(config).to(device)
     cell.recurrent_kernel[:] = R.to(device)
     cell.bias[:] = bias.transpose(0, 1).to(device)
-    return (cell if backend == "cuda" else cell.to(DTYPES[dtype])).eval()
+    return cell if backend == "cuda" else cell.to(DTYPES[dtype])  # training mode: its CUDA backward needs it
 
 
 def variants(args, R, bias, device, dtype) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -58,11 +59,12 @@ def variants(args, R, bias, device, dtype) -> dict[str, Callable[[torch.Tensor],
 
     NH, DH = R.shape[0], R.shape[1]
     ours = lambda x: x.unflatten(-1, (4, NH, DH)) + bias.to(device, x.dtype)  # noqa: E731
-    fns = {"xlstm_hf_torch": lambda x: slstm_recurrent_sequence(ours(x), R.to(device))[0]}
+    weights = R.to(device).requires_grad_()  # trained: the backward computes their gradient too
+    fns = {"xlstm_hf_torch": lambda x: slstm_recurrent_sequence(ours(x), weights)[0]}
     if device.type == "cuda":
         from xlstm_hf.kernels.slstm_triton import slstm_triton
 
-        fns["xlstm_hf_triton"] = lambda x: slstm_triton(ours(x), R.to(device))[0]
+        fns["xlstm_hf_triton"] = lambda x: slstm_triton(ours(x), weights)[0]
     for backend in ("cuda", "vanilla"):
         if backend == "cuda" and device.type != "cuda":
             continue
@@ -108,19 +110,22 @@ def run(args) -> list[dict]:
                 h = fn(inputs)
                 row["max_abs_err_vs_fp64"] = (h.double().cpu() - expected).abs().max().item()
                 row["ms"] = timed(lambda: fn(inputs), device.type == "cuda")
+                with torch.enable_grad():
+                    leaf = inputs.clone().requires_grad_()
+                    row["fwbw_ms"] = timed(lambda: fn(leaf).float().sum().backward(), device.type == "cuda")
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| kernel | B | heads x dim | S | ms | max abs err vs fp64 |", "|---|---|---|---|---|---|"]
+    lines = ["| kernel | B | heads x dim | S | fw ms | fw+bw ms | max abs err vs fp64 |", "|---" * 7 + "|"]
     for r in rows:
         shape = f"{r['NH']} x {r['DH']}"
         if "failed" in r:
-            lines.append(f"| {r['name']} | {r['B']} | {shape} | {r['S']} | failed | {r['failed']} |")
+            lines.append(f"| {r['name']} | {r['B']} | {shape} | {r['S']} | failed | | {r['failed']} |")
         else:
-            lines.append(f"| {r['name']} | {r['B']} | {shape} | {r['S']} | {r['ms']:.3f} | "
+            lines.append(f"| {r['name']} | {r['B']} | {shape} | {r['S']} | {r['ms']:.3f} | {r['fwbw_ms']:.3f} | "
                          f"{r['max_abs_err_vs_fp64']:.1e} |")
     return "\n".join(lines)
 

@@ -10,13 +10,15 @@ has just read a queried key: predicting its value. Everything runs offline; the 
     python examples/mqar.py --pairs 4 8 16 32 64 --seq-len 256 --steps 2000 --output-dir mqar-out   # a GPU
     python examples/mqar.py --tiny --output-dir /tmp/mqar                                            # seconds, CPU
 
-Writes `mqar.json` (accuracy per model and N, the command) and `mqar.md`, and `mqar.png` when matplotlib is installed.
+Writes `mqar.json` (accuracy per model and N at its best learning rate, every run, the command) and `mqar.md`, and `mqar.png` when matplotlib is installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import shlex
 import sys
@@ -43,15 +45,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=128, help="model width (embedding dim) of every model")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, nargs="+", default=[1e-3],
+                        help="learning rates: every (model, N) trains at each, and its best accuracy is reported "
+                             "(the paper's protocol sweeps them)")
     parser.add_argument("--eval-sequences", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="trainings run at once, each in its own process (small models leave a GPU mostly idle)")
     parser.add_argument("--tiny", action="store_true", help="a few steps of small models on the CPU (a smoke run)")
     parser.add_argument("--output-dir", required=True)
     args = parser.parse_args(argv)
     if args.tiny:
         args.pairs, args.seq_len, args.vocab_size, args.width = [2, 4], 32, 64, 32
         args.steps, args.batch_size, args.eval_sequences = 4, 8, 16
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.seq_len < 4 * max(args.pairs):
         parser.error(f"--seq-len {args.seq_len} is too short for --pairs {max(args.pairs)} (needs 4 N tokens)")
     if args.vocab_size < 4 * max(args.pairs):
@@ -124,7 +132,7 @@ def accuracy(model: torch.nn.Module, data: dict, batch_size: int) -> float:
     return right / total
 
 
-def train_one(name: str, pairs: int, args) -> dict:
+def train_one(name: str, pairs: int, lr: float, args) -> dict:
     torch.manual_seed(args.seed)
     model = build(name, args)
     train = MQARData(args.steps * args.batch_size, pairs, args.seq_len, args.vocab_size, args.seed)
@@ -132,14 +140,24 @@ def train_one(name: str, pairs: int, args) -> dict:
                           torch.Generator().manual_seed(args.seed + 1))
     training = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="mqar-trainer-"), max_steps=args.steps,  # nothing is saved there
-        per_device_train_batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=args.steps // 10,
+        per_device_train_batch_size=args.batch_size, learning_rate=lr, warmup_steps=args.steps // 10,
         lr_scheduler_type="cosine", weight_decay=0.1, logging_steps=max(args.steps // 10, 1), save_strategy="no",
         report_to=[], bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True, seed=args.seed,
     )
     Trainer(model=model, args=training, train_dataset=train).train()
-    return dict(model=name, pairs=pairs, accuracy=accuracy(model, held_out, args.batch_size),
+    return dict(model=name, pairs=pairs, lr=lr, accuracy=accuracy(model, held_out, args.batch_size),
                 parameters=sum(p.numel() for p in model.parameters()))
+
+
+def best_runs(runs: list[dict]) -> list[dict]:
+    """Per (model, pairs), the run of the best learning rate (the first of equals), in the order of `runs`."""
+    best: dict[tuple[str, int], dict] = {}
+    for run in runs:
+        key = (run["model"], run["pairs"])
+        if key not in best or run["accuracy"] > best[key]["accuracy"]:
+            best[key] = run
+    return list(best.values())
 
 
 def report(rows: list[dict], args) -> str:
@@ -174,17 +192,29 @@ def plot(rows: list[dict], args, path: str) -> bool:
     return True
 
 
+def train_all(jobs: list[tuple[str, int, float]], args) -> list[dict]:
+    """`train_one` for every (model, pairs, lr), `--jobs` at a time in spawned processes (CUDA needs spawn)."""
+    if args.jobs == 1:
+        return [train_one(*job, args) for job in tqdm(jobs, desc="MQAR runs")]
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        futures = [pool.submit(train_one, *job, args) for job in jobs]
+        for _ in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="MQAR runs"):
+            pass
+        return [future.result() for future in futures]
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    jobs = [(name, n) for n in args.pairs for name in args.models]
-    rows = [train_one(name, n, args) for name, n in tqdm(jobs, desc="MQAR runs")]
+    runs = train_all([(name, n, lr) for n in args.pairs for name in args.models for lr in args.lr], args)
+    rows = best_runs(runs)
     table = report(rows, args)
     print(table)
 
     def write(folder: str) -> None:
         with open(os.path.join(folder, "mqar.json"), "w", encoding="utf-8") as handle:
-            json.dump(dict(command=shlex.join([sys.executable, *sys.argv]), args=vars(args), rows=rows), handle,
-                      indent=1)
+            json.dump(dict(command=shlex.join([sys.executable, *sys.argv]), args=vars(args), rows=rows, runs=runs),
+                      handle, indent=1)
         with open(os.path.join(folder, "mqar.md"), "w", encoding="utf-8") as handle:
             handle.write(table + "\n")
         plot(rows, args, os.path.join(folder, "mqar.png"))

@@ -25,17 +25,30 @@ def test_every_scored_label_is_the_value_stored_under_the_queried_key():
         assert set(ids[24:]) == {0}  # padding after the queries, never scored
 
 
-def test_smoke_run_writes_the_report(tmp_path):
-    run = subprocess.run([sys.executable, str(ROOT / "examples" / "mqar.py"), "--tiny", "--output-dir",
-                          str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
+def run_mqar(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "examples" / "mqar.py"), *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_smoke_run_writes_the_report_and_parallel_jobs_give_the_sequential_results(tmp_path):
+    run = run_mqar("--tiny", "--jobs", "2", "--output-dir", str(tmp_path / "out"))
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "mqar.json").read_text())
-    assert {(r["model"], r["pairs"]) for r in result["rows"]} == {(m, n) for m in ("xlstm_1_1", "xlstm_1_0", "llama")
-                                                                  for n in (2, 4)}
+    assert [(r["model"], r["pairs"]) for r in result["rows"]] == [(m, n) for n in (2, 4)
+                                                                  for m in ("xlstm_1_1", "xlstm_1_0", "llama")]
     assert all(0 <= r["accuracy"] <= 1 for r in result["rows"]) and (tmp_path / "out" / "mqar.md").exists()
+    # One process, two learning rates: its runs at the default rate are the parallel ones, its rows the best runs.
+    alone = run_mqar("--tiny", "--models", "xlstm_1_0", "--lr", "3e-2", "1e-3", "--output-dir", str(tmp_path / "alone"))
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    sweep = json.loads((tmp_path / "alone" / "mqar.json").read_text())
+    assert [r for r in sweep["runs"] if r["lr"] == 1e-3] == [r for r in result["rows"] if r["model"] == "xlstm_1_0"]
+    for row in sweep["rows"]:
+        tried = [r for r in sweep["runs"] if r["pairs"] == row["pairs"]]
+        assert len(tried) == 2 and row["accuracy"] == max(r["accuracy"] for r in tried) and row in tried
 
 
 def test_a_bad_argument_is_named(tmp_path):
-    run = subprocess.run([sys.executable, str(ROOT / "examples" / "mqar.py"), "--pairs", "64", "--seq-len", "100",
-                          "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    run = run_mqar("--pairs", "64", "--seq-len", "100", "--output-dir", str(tmp_path / "out"))
     assert run.returncode == 2 and "--seq-len" in run.stderr and not (tmp_path / "out").exists()
+    run = run_mqar("--jobs", "0", "--output-dir", str(tmp_path / "out"))
+    assert run.returncode == 2 and "--jobs" in run.stderr

@@ -1,6 +1,7 @@
 """The fused sLSTM kernel against the float64 recurrent reference (Triton's interpreter on the CPU, the GPU where
 there is one), and the xLSTM[a:b] model on the Triton kernels against the model on the PyTorch reference."""
 
+import inspect
 import os
 import subprocess
 import sys
@@ -12,10 +13,10 @@ triton = pytest.importorskip("triton")
 
 import xlstm_hf  # noqa: E402
 from helpers import random_ids  # noqa: E402
-from test_xlstm_stack import VOCAB, tiny_stack  # noqa: E402
+from test_xlstm_stack import VOCAB, left_pad, tiny_stack  # noqa: E402
 from xlstm_hf.kernels import backend  # noqa: E402
 from xlstm_hf.kernels.slstm_torch import slstm_recurrent_sequence  # noqa: E402
-from xlstm_hf.kernels.slstm_triton import slstm_triton  # noqa: E402
+from xlstm_hf.kernels.slstm_triton import RESIDENT_HEAD_DIM, slstm_triton  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -54,6 +55,55 @@ def test_kernel_equals_the_float64_reference(B, S, NH, DH, dtype, tol, with_stat
             assert ((ours.double().cpu() - ref).abs() / ref.abs().clamp_min(1)).max() < tol
 
 
+def weighted_loss(h, final_state, seed=1):
+    """A loss on the output and on every part of the final state (m included), with random weights."""
+    gen = torch.Generator().manual_seed(seed)
+    total = 0
+    for x in (h, *final_state):
+        total = total + (x.double().cpu() * torch.randn(x.shape, generator=gen, dtype=torch.float64)).sum()
+    return total
+
+
+def gradients(fn, gates, R, state, mask, dtype):
+    """d loss / d (gates_x, R, initial state) of `fn` run on copies of the inputs in `dtype` (R and the state in
+    float32, as the model keeps them, unless `dtype` is float64)."""
+    wide = dtype if dtype == torch.float64 else torch.float32
+    leaves = [gates.to(DEVICE, dtype), R.to(DEVICE, wide)] + [s.to(DEVICE, wide) for s in state or ()]
+    leaves = [x.clone().requires_grad_() for x in leaves]
+    h, final = fn(leaves[0], leaves[1], tuple(leaves[2:]) or None, None if mask is None else mask.to(DEVICE))
+    weighted_loss(h, final).backward()
+    return [x.grad.double().cpu() for x in leaves]
+
+
+@pytest.mark.parametrize("B, S, NH, DH, dtype, tol", [
+    (3, 7, 2, 8, torch.float32, 1e-5),      # a head narrower than a tile
+    (2, 5, 3, 20, torch.float32, 1e-5),     # not a power of two
+    (3, 4, 1, 80, torch.float32, 1e-5),     # two tiles of units in the streamed kernels
+    (20, 5, 2, 16, torch.float16, 5e-3),    # two blocks of batch rows
+])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("resident", [True, False])
+def test_gradients_equal_float64_autograd_of_the_reference(B, S, NH, DH, dtype, tol, with_state, with_mask,
+                                                           resident):
+    if resident and DH > RESIDENT_HEAD_DIM[dtype]:
+        pytest.skip("too wide for the resident kernels (slstm_triton refuses it)")
+    gates, R, state, mask = make_inputs(B, S, NH, DH)
+    gates = gates.to(dtype).double()
+    state, mask = state if with_state else None, mask if with_mask else None
+    reference = gradients(slstm_recurrent_sequence, gates, R, state, mask, torch.float64)
+    ours = gradients(lambda *args: slstm_triton(*args, resident=resident), gates, R, state, mask, dtype)
+    assert len(ours) == (6 if with_state else 2)
+    for grad, ref in zip(ours, reference):
+        assert (grad - ref).abs().max() / ref.abs().max().clamp_min(1) < tol
+
+
+def test_a_head_too_wide_for_the_resident_kernels_is_refused():
+    gates, R, _, _ = make_inputs(1, 3, 1, RESIDENT_HEAD_DIM[torch.float32] + 1)
+    with pytest.raises(ValueError, match="resident=True"):
+        slstm_triton(gates.float(), R.float(), resident=True)
+
+
 @pytest.fixture
 def triton_backend():
     xlstm_hf.set_kernel_backend("triton")  # on the CPU: the interpreter (TRITON_INTERPRET=1, tests/conftest.py)
@@ -79,13 +129,39 @@ def test_the_model_on_the_triton_kernels_equals_the_reference(triton_backend):
             assert (step.logits[:, 0] - reference[:, t]).abs().max() < 1e-4
 
 
-COMPILE_JOBS = [  # (kernel, head width, data dtype, warps): the widest resident heads, and paper-sized streamed ones
-    ("_slstm_forward", 64, "fp32", 8),
-    ("_slstm_forward", 128, "bf16", 8),
-    ("_slstm_forward_streamed", 192, "fp32", 4),
-    ("_slstm_forward_streamed", 512, "bf16", 4),
+def test_training_on_the_triton_kernels_gives_the_reference_gradients(triton_backend):
+    model = tiny_stack().to(DEVICE)  # xLSTM[1:1]: an mLSTM block, then an sLSTM block
+    rows = [random_ids(1, 12, vocab=VOCAB, seed=4), random_ids(1, 7, vocab=VOCAB, seed=5)]
+    batch, mask = left_pad(rows)  # the short row's padding: masked steps of the sLSTM
+    batch, mask = batch.to(DEVICE), mask.to(DEVICE)
+    cell = model.xlstm_block_stack.blocks[1].xlstm.slstm_cell
+    backward_nodes = []
+    cell.register_forward_hook(lambda module, args, out: backward_nodes.append(type(out[0].grad_fn).__name__))
+    grads = {}
+    for name in ("torch", "triton"):
+        xlstm_hf.set_kernel_backend(name)
+        model.zero_grad()
+        model(batch, attention_mask=mask, labels=batch.masked_fill(mask == 0, -100)).loss.backward()
+        grads[name] = {key: p.grad.clone() for key, p in model.named_parameters()}
+    assert backward_nodes[1] == "_SLSTMFunctionBackward" and backward_nodes[0] != backward_nodes[1]
+    assert grads["torch"]["xlstm_block_stack.blocks.1.xlstm.slstm_cell._recurrent_kernel_"].abs().max() > 1e-3
+    for key, ref in grads["torch"].items():
+        assert (grads["triton"][key] - ref).abs().max() <= 1e-5 * ref.abs().max().clamp_min(1), key
+
+
+# (kernel, head width, data dtype, warps, stages) as launched: the widest resident heads, paper-sized streamed ones.
+COMPILE_JOBS = [
+    ("_slstm_forward", 64, "fp32", 8, 3),
+    ("_slstm_forward", 128, "bf16", 8, 3),
+    ("_slstm_forward_streamed", 192, "fp32", 4, 3),
+    ("_slstm_forward_streamed", 512, "bf16", 4, 3),
+    ("_slstm_backward", 64, "fp32", 8, 1),
+    ("_slstm_backward", 128, "bf16", 8, 1),
+    ("_slstm_backward_streamed", 192, "fp32", 4, 3),
+    ("_slstm_backward_streamed", 512, "bf16", 4, 3),
 ]
 SM90_SHARED_MEMORY = 232448  # bytes a block may use on sm_90
+DATA_POINTERS = {"GX", "R", "OUT", "DOUT"}  # in the model's dtype; the state and the gate gradients are float32
 
 
 def compile_for_sm90() -> None:
@@ -93,21 +169,23 @@ def compile_for_sm90() -> None:
 
     from xlstm_hf.kernels import slstm_triton
 
-    for name, head_dim, dtype, warps in COMPILE_JOBS:
+    for name, head_dim, dtype, warps, stages in COMPILE_JOBS:
         kernel = getattr(slstm_triton, name)
-        data = f"*{dtype}"
-        signature = {"GX": data, "R": data, "MASK": "*i8", "OUT": data, "B": "i32", "S": "i32"}
         constexprs = dict(NH=4, DH=head_dim, BB=16, HAS_MASK=True, IEEE=dtype == "fp32")
-        if name == "_slstm_forward":
-            states = ("H0", "C0", "N0", "M0", "HT", "CT", "NT", "MT")
-            constexprs["BD"] = head_dim
-        else:
-            states = ("H0", "CT", "NT", "MT")
-            constexprs["BE"] = 64
-        signature.update({state: "*fp32" for state in states})
-        signature.update({constant: "constexpr" for constant in constexprs})
+        constexprs["BE" if "streamed" in name else "BD"] = 64 if "streamed" in name else head_dim
+        if "forward" in name:
+            constexprs["SAVE"] = True  # the training forward: also stores the state of every step
+        signature = {}
+        for param in inspect.signature(kernel.fn).parameters:
+            if param in constexprs:
+                signature[param] = "constexpr"
+            elif param in ("B", "S"):
+                signature[param] = "i32"
+            else:
+                signature[param] = {"MASK": "*i8"}.get(param, f"*{dtype}" if param in DATA_POINTERS else "*fp32")
         source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+        options = {"num_warps": warps, "num_stages": stages}
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
         assert len(compiled.asm["cubin"]) > 0 and compiled.metadata.shared <= SM90_SHARED_MEMORY, compiled.metadata
         print(f"{name} DH={head_dim} {dtype}: {compiled.metadata.shared} bytes of shared memory, sm_90 cubin")
 

@@ -212,11 +212,11 @@ class XLSTMStackSLSTMCell(nn.Module):
         return (value.transpose(0, 1) if self.layout == "cuda" else value).reshape(-1)
 
     def forward(self, gates_x: torch.Tensor, state: tuple, mask: torch.Tensor | None) -> tuple[torch.Tensor, tuple]:
-        """gates_x (B, S, 4, NH, DH) -> h (B, S, NH, DH) and the new state (h, c, n, m). Without autograd and with
-        the Triton backend (see `xlstm_hf.kernels.backend`), one fused kernel launch; otherwise the PyTorch
-        reference."""
+        """gates_x (B, S, 4, NH, DH) -> h (B, S, NH, DH) and the new state (h, c, n, m). With the Triton backend
+        (see `xlstm_hf.kernels.backend`), one fused kernel launch, and one for the backward under autograd;
+        otherwise the PyTorch reference."""
         gates_x = gates_x + self.gate_bias().to(gates_x.dtype)
-        if resolve_backend(gates_x.device) == "triton" and not torch.is_grad_enabled():
+        if resolve_backend(gates_x.device) == "triton":
             from .kernels import slstm_triton
 
             if slstm_triton.supported(gates_x.dtype):

@@ -54,10 +54,13 @@ def _scores(X, x_rows, s_x, Y, y_rows, s_y, D: tl.constexpr, BD: tl.constexpr, B
 
 @triton.jit
 def _rows_times_state(X, rows, s_x, STATE, out_offs, RED: tl.constexpr, OUT: tl.constexpr, S_RED: tl.constexpr,
-                      S_OUT: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr, BO: tl.constexpr, IEEE: tl.constexpr):
+                      S_OUT: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr, BO: tl.constexpr, IEEE: tl.constexpr,
+                      VEC=None, HAS_VEC: tl.constexpr = False):
     """The (BT, BO) tile X[rows, :] @ M[:, out_offs], M a state matrix with M[r, o] at r * S_RED + o * S_OUT
-    (so C, or C^T), reduced over RED in blocks of BR. Reduced-precision inputs meet the state in their dtype."""
+    (so C, or C^T), reduced over RED in blocks of BR. Reduced-precision inputs meet the state in their dtype.
+    With HAS_VEC also the (BT,) products X[rows, :] @ VEC (fp32), from the same loads of X."""
     acc = tl.zeros((BT, BO), dtype=tl.float32)
+    acc_vec = tl.zeros((BT,), dtype=tl.float32)
     mask_o = out_offs < OUT
     for rr in range(0, RED, BR):
         offs = rr + tl.arange(0, BR)
@@ -66,7 +69,9 @@ def _rows_times_state(X, rows, s_x, STATE, out_offs, RED: tl.constexpr, OUT: tl.
         m = tl.load(STATE + offs[:, None] * S_RED + out_offs[None, :] * S_OUT, mask=mask_r[:, None] & mask_o[None, :],
                     other=0.0)
         acc += _dot(x.to(tl.float32), m.to(tl.float32), True) if IEEE else _dot(x, m.to(x.dtype), False)
-    return acc
+        if HAS_VEC:
+            acc_vec += tl.sum(x.to(tl.float32) * tl.load(VEC + offs, mask=mask_r, other=0.0)[None, :], axis=1)
+    return acc, acc_vec
 
 
 @triton.jit
@@ -145,7 +150,6 @@ def _fw_outputs(
     offs_t = chunk * L + row_block * BT + tl.arange(0, BT)
     offs_j0 = tl.arange(0, BT)
     offs_v = pid_v * BV + tl.arange(0, BV)
-    offs_kk = tl.arange(0, BK)
     mask_v = offs_v < DV
     gate_base = pid_bh * NC * L
     b_t = tl.load(B_gate + gate_base + offs_t)
@@ -156,15 +160,8 @@ def _fw_outputs(
     v_base = V + b * s_vb + h * s_vh
 
     # The incoming state: exp(b_t + m_{k-1} - m_t) * scale * q_t^T C_{k-1}  (and n).
-    num = _rows_times_state(q_base, offs_t, s_qs, C_states + (pid_bh * NC + chunk) * DQK * DV, offs_v,
-                            DQK, DV, DV, 1, BT, BK, BV, IEEE)
-    den = tl.zeros((BT,), dtype=tl.float32)
-    n_base = N_states + (pid_bh * NC + chunk) * DQK
-    for kk in range(0, DQK, BK):
-        offs_k = kk + offs_kk
-        mask_k = offs_k < DQK
-        q_tile = tl.load(q_base + offs_t[:, None] * s_qs + offs_k[None, :], mask=mask_k[None, :], other=0.0)
-        den += tl.sum(q_tile.to(tl.float32) * tl.load(n_base + offs_k, mask=mask_k, other=0.0)[None, :], axis=1)
+    num, den = _rows_times_state(q_base, offs_t, s_qs, C_states + (pid_bh * NC + chunk) * DQK * DV, offs_v,
+                                 DQK, DV, DV, 1, BT, BK, BV, IEEE, N_states + (pid_bh * NC + chunk) * DQK, True)
     inter = tl.exp(b_t + m_prev - m_t) * scale
     num = num * inter[:, None]
     den = den * inter
@@ -269,7 +266,7 @@ def _bw_dq(
 
     # dnum_t = dh_t / den_t: the row scale is applied after the product.
     acc = _rows_times_state(dh_base, offs_t, s_ds, C_states + (pid_bh * NC + chunk) * DQK * DV, offs_k,
-                            DV, DQK, 1, DV, BT, BV, BK, IEEE) * rden_t[:, None]
+                            DV, DQK, 1, DV, BT, BV, BK, IEEE)[0] * rden_t[:, None]
     n_tile = tl.load(N_states + (pid_bh * NC + chunk) * DQK + offs_k, mask=mask_k, other=0.0)
     acc += dden_t[:, None] * n_tile[None, :]
     acc = acc * (tl.exp(b_t + m_prev - m_t) * scale)[:, None]
@@ -320,7 +317,7 @@ def _bw_dk(
     dh_base = DH + b * s_db + h * s_dh
 
     acc = _rows_times_state(v_base, offs_j, s_vs, DC_states + (pid_bh * NC + chunk) * DQK * DV, offs_k,
-                            DV, DQK, 1, DV, BT, BV, BK, IEEE)
+                            DV, DQK, 1, DV, BT, BV, BK, IEEE)[0]
     dn_tile = tl.load(DN_states + (pid_bh * NC + chunk) * DQK + offs_k, mask=mask_k, other=0.0)
     acc = (acc + dn_tile[None, :]) * tl.exp(g - b_j + i_j - m_next)[:, None]
 
@@ -368,7 +365,7 @@ def _bw_dv(
     dh_base = DH + b * s_db + h * s_dh
 
     acc = _rows_times_state(k_base, offs_j, s_ks, DC_states + (pid_bh * NC + chunk) * DQK * DV, offs_v,
-                            DQK, DV, DV, 1, BT, BK, BV, IEEE)
+                            DQK, DV, DV, 1, BT, BK, BV, IEEE)[0]
     acc = acc * tl.exp(g - b_j + i_j - m_next)[:, None]
 
     for row_block in range(col_block, blocks_per_chunk):
@@ -431,16 +428,19 @@ DEFAULT_CHUNK_SIZE = 128
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
-    """Block sizes and launch settings. `state_*`: the recurrent kernels (forward and backward), `out_*`: the
-    forward's output kernel, `grad_*`: the dq/dk/dv kernels. Block sizes are capped to the head dims."""
+    """Block sizes and launch settings. `state_*`: the recurrent kernels (forward and backward; `bw_state_warps`
+    the backward's warps), `out_*`: the forward's output kernel, `grad_*`: the dq/dk/dv kernels. Block sizes are
+    capped to the head dims. The defaults are the fastest of `benchmarks/kernels.py --sweep` at the 7B's shapes on
+    an H100 (S 8K and 32K; docs/benchmarks.md)."""
 
-    state_bk: int = 32
-    state_bv: int = 64
-    state_warps: int = 2
+    state_bk: int = 64
+    state_bv: int = 128
+    state_warps: int = 4
+    bw_state_warps: int = 8
     state_stages: int = 2
     out_bt: int = 64
     out_bk: int = 64
-    out_bv: int = 256
+    out_bv: int = 512
     out_warps: int = 8
     out_stages: int = 3
     grad_bt: int = 64
@@ -595,7 +595,7 @@ def _backward(saved, S, L, eps, dh, dC, dn, dm, need_initial, tiling: Tiling):
         q, dh, rden, dden_raw, b_gate, m_pos, M_states, dC_final, dn_final, DC_states, DN_states, dC0, dN0,
         *_strides(q), *_strides(dh), scale,
         NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_FINAL_GRAD=has_final, IEEE=ieee,
-        num_warps=tiling.state_warps, num_stages=tiling.state_stages,
+        num_warps=tiling.bw_state_warps, num_stages=tiling.state_stages,
     )
     BT, BK, BV = min(tiling.grad_bt, L), _fit(tiling.grad_bk, DQK), _fit(tiling.grad_bv, DV)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
