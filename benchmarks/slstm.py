@@ -1,11 +1,11 @@
 """sLSTM kernel benchmark: the whole-sequence recurrence of one sLSTM layer, forward and forward+backward, side by side.
 
 Our fused Triton kernel and our PyTorch reference against the `xlstm` package's sLSTM cell on its CUDA kernel
-(compiled at first use with the CUDA toolkit; reported as failed when that does not build) and on its vanilla
-PyTorch backend, on the same weights and inputs; each row also gives the largest difference of h from the package's
-vanilla backend in float64. Forward+backward differentiates the sum of h with respect to the gate inputs and the
-recurrent weights (and, for the package's cells, their bias). Median times from `triton.testing.do_bench` on a CUDA GPU; `--tiny` runs small sizes on
-the CPU instead (PyTorch variants only, wall-clock), to check the script.
+(compiled at first use with the CUDA toolkit; reported as failed when that does not build) and on its vanilla PyTorch
+backend, on the same weights and inputs; each row also gives the largest difference of h from the package's vanilla
+backend in float64. Forward+backward differentiates the sum of h with respect to the gate inputs and the recurrent
+weights (and, for the package's cells, their bias). Median times from `triton.testing.do_bench` on a CUDA GPU;
+`--tiny` runs small sizes on the CPU instead (PyTorch variants only, wall-clock), to check the script.
 
     python benchmarks/slstm.py --help
     python benchmarks/slstm.py --batch 16 --heads 4 --head-dim 64 --lengths 256 1024 4096 --out results/slstm.json

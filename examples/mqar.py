@@ -10,7 +10,8 @@ has just read a queried key: predicting its value. Everything runs offline; the 
     python examples/mqar.py --pairs 4 8 16 32 64 --seq-len 256 --steps 2000 --output-dir mqar-out   # a GPU
     python examples/mqar.py --tiny --output-dir /tmp/mqar                                            # seconds, CPU
 
-Writes `mqar.json` (accuracy per model and N at its best learning rate, every run, the command) and `mqar.md`, and `mqar.png` when matplotlib is installed.
+Writes `mqar.json` (accuracy per model and N at its best learning rate, every run, the command) and `mqar.md`, and
+`mqar.png` when matplotlib is installed.
 """
 
 from __future__ import annotations

@@ -4,22 +4,25 @@ On the CPU they run in Triton's interpreter (fp32/fp16: its bf16 dot is wrong); 
 the 7B's shapes in bf16 (`pytest tests/test_mlstm_triton.py` on the device machine).
 """
 
+import dataclasses
+
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
 from xlstm_hf.kernels import mlstm_recurrent_sequence, mlstm_recurrent_step  # noqa: E402
-from xlstm_hf.kernels.mlstm_triton import mlstm_chunkwise_triton, mlstm_step_triton  # noqa: E402
+from xlstm_hf.kernels.mlstm_triton import TILING, mlstm_chunkwise_triton, mlstm_step_triton  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
 
 
-def make_inputs(B, NH, S, DQK, DV, dtype, seed=0, with_state=True):
+def make_inputs(B, NH, S, DQK, DV, dtype, seed=0, with_state=True, i_offset=0.0):
     gen = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
-    inputs = [rand(B, NH, S, DQK), rand(B, NH, S, DQK), rand(B, NH, S, DV), 3 * rand(B, NH, S), 3 * rand(B, NH, S) + 2]
+    inputs = [rand(B, NH, S, DQK), rand(B, NH, S, DQK), rand(B, NH, S, DV), 3 * rand(B, NH, S) + i_offset,
+              3 * rand(B, NH, S) + 2]
     state = (rand(B, NH, DQK, DV), rand(B, NH, DQK).abs(), rand(B, NH)) if with_state else None
     to = lambda x: x.to(DEVICE, dtype)  # noqa: E731
     return [to(x) for x in inputs], (tuple(s.to(DEVICE, torch.float32) for s in state) if state else None)
@@ -29,20 +32,22 @@ def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
-def check_against_reference(B, NH, S, DQK, DV, dtype, chunk_size, with_state, tol):
-    inputs, state = make_inputs(B, NH, S, DQK, DV, dtype, with_state=with_state)
+def check_against_reference(B, NH, S, DQK, DV, dtype, chunk_size, with_state, tol, tiling=None, i_offset=0.0,
+                            loss_on_final_state=True):
+    inputs, state = make_inputs(B, NH, S, DQK, DV, dtype, with_state=with_state, i_offset=i_offset)
     leaves = [x.clone().requires_grad_() for x in inputs + (list(state) if state else [])]
     ref_leaves = [x.detach().double().clone().requires_grad_() for x in leaves]
     split = lambda xs: (xs[:5], tuple(xs[5:]) if state else None)  # noqa: E731
-    h, final = mlstm_chunkwise_triton(*split(leaves)[0], split(leaves)[1], chunk_size=chunk_size)
+    h, final = mlstm_chunkwise_triton(*split(leaves)[0], split(leaves)[1], chunk_size=chunk_size, tiling=tiling)
     h_ref, final_ref = mlstm_recurrent_sequence(*split(ref_leaves)[0], split(ref_leaves)[1])
     assert h.dtype == dtype and all(s.dtype == torch.float32 for s in final)
     errors = {"h": relative_error(h, h_ref)}
     errors.update({name: relative_error(a, b) for name, a, b in zip("Cnm", final, final_ref)})
     gen = torch.Generator().manual_seed(1)
     weights = [torch.randn(x.shape, generator=gen, dtype=torch.float64).to(DEVICE) for x in (h_ref, *final_ref)]
-    sum((x.double() * w).sum() for x, w in zip((h, *final), weights)).backward()
-    sum((x * w).sum() for x, w in zip((h_ref, *final_ref), weights)).backward()
+    used = 4 if loss_on_final_state else 1  # without: the kernels' backward gets no final-state gradient at all
+    sum((x.double() * w).sum() for x, w in zip((h, *final)[:used], weights)).backward()
+    sum((x * w).sum() for x, w in zip((h_ref, *final_ref)[:used], weights)).backward()
     names = ["dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"]
     errors.update({name: relative_error(a.grad, b.grad) for name, a, b in zip(names, leaves, ref_leaves)})
     bad = {name: err for name, err in errors.items() if not err <= tol}
@@ -53,6 +58,20 @@ def check_against_reference(B, NH, S, DQK, DV, dtype, chunk_size, with_state, to
 @pytest.mark.parametrize("DQK, DV, chunk_size", [(16, 16, 16), (24, 40, 32), (32, 48, 64)])
 def test_chunkwise_float32(S, DQK, DV, chunk_size):
     check_against_reference(2, 2, S, DQK, DV, torch.float32, chunk_size, with_state=True, tol=5e-4)
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("i_offset", [0.0, -8.0])
+def test_gate_gradient_scan_carries_across_blocks(with_state, i_offset):
+    # Blocks of 16 positions: the reverse scans over the sequence carry their sums across 7 blocks. Low input gates
+    # keep the stabiliser on its forget branch for long runs, so the gradient of m travels across blocks too.
+    tiling = dataclasses.replace(TILING, gate_block=16)
+    check_against_reference(1, 2, 100, 16, 16, torch.float32, 16, with_state=with_state, tol=5e-4, tiling=tiling,
+                            i_offset=i_offset)
+
+
+def test_chunkwise_loss_on_h_only():
+    check_against_reference(2, 2, 50, 16, 24, torch.float32, 16, with_state=True, tol=5e-4, loss_on_final_state=False)
 
 
 @pytest.mark.parametrize("S", [17, 100])
@@ -86,3 +105,42 @@ def test_step_updates_the_state_in_place(DQK, DV, state_dtype):
     assert relative_error(h, expected_h) < tol
     for got, want in zip(new_state, expected_state):
         assert relative_error(got, want) < tol
+
+
+@pytest.mark.parametrize("flags", [(True, True, True), (False, False, False)])
+def test_gate_gradient_scan_against_a_sequential_loop(flags):
+    # `_gate_grads` on its own, against its docstring's recurrences run position by position in float64: the gradient
+    # of the stabiliser is too small a part of the model's gradients for the end-to-end tests to see a wrong carry.
+    from xlstm_hf.kernels.mlstm_triton import _gate_grads
+
+    has_initial, has_final, has_dm = flags
+    BH, NH, S, S_pad, tiles = 4, 2, 90, 100, 2
+    gen = torch.Generator().manual_seed(3)
+    rand = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
+    rowsum, colsum, dm_direct = rand(tiles, BH, S_pad), rand(tiles, BH, S_pad), rand(BH, S_pad)
+    log_f, i_gate, m_pos = -rand(BH, S_pad).abs(), rand(BH, S_pad), rand(BH, S_pad)
+    m0, final, dm_final, f = rand(BH), rand(BH), rand(BH), rand(BH // NH, NH, S)
+    di, df, dm0 = torch.empty(BH, S), torch.empty(BH, S), torch.empty(BH)
+    to = lambda x: x.to(DEVICE).contiguous()  # noqa: E731
+    outs = [to(x) for x in (di, df, dm0)]
+    _gate_grads[(BH,)](*(to(x) for x in (rowsum, colsum, dm_direct, log_f, i_gate, m_pos, m0, final, dm_final, f)),
+                       *outs, *f.stride(), S_pad, S, NH=NH, TILES=tiles, BLOCK=16, HAS_INITIAL=has_initial,
+                       HAS_FINAL=has_final, HAS_DM=has_dm)
+    rs, cs = rowsum.double().sum(0), colsum.double().sum(0)
+    for bh in range(BH):
+        dm = dm_direct[bh].double() - rs[bh]
+        dm[-1] += (-final[bh] if has_final else 0) + (dm_final[bh] if has_dm else 0)
+        start = m0[bh].item() if has_initial else 0.0
+        m_prev = torch.cat([torch.tensor([start], dtype=torch.float64), m_pos[bh, :-1].double()])
+        forget = (log_f[bh].double() + m_prev >= i_gate[bh].double()).double()
+        g, after, tail = torch.zeros(S_pad, dtype=torch.float64), 0.0, 0.0
+        d_log_f = torch.zeros(S_pad, dtype=torch.float64)
+        for t in reversed(range(S_pad)):
+            g[t] = dm[t] + (forget[t + 1] * g[t + 1] if t + 1 < S_pad else 0.0)
+            tail += rs[bh, t] - cs[bh, t] + (final[bh] if has_final and t == S_pad - 1 else 0)
+            d_log_f[t] = tail + forget[t] * g[t]
+        d_i = cs[bh] + (1 - forget) * g
+        expected_df = d_log_f[:S] * torch.sigmoid(-f.view(BH, S)[bh].double())
+        assert torch.allclose(outs[0][bh].cpu().double(), d_i[:S], atol=1e-4)
+        assert torch.allclose(outs[1][bh].cpu().double(), expected_df, atol=1e-4)
+        assert abs(outs[2][bh].item() - (forget[0] * g[0]).item()) < 1e-4

@@ -18,18 +18,20 @@ from xlstm_hf.kernels import elementwise_triton, mlstm_triton  # noqa: E402
 
 SEVEN_B = dict(NH=8, L=128, DQK=256, DV=512, IEEE=False)
 BF16_POINTERS = {"Q", "K", "V", "H", "DH", "DQ", "DK", "DV_out", "C_states", "DC_states", "X", "Y", "RES", "W", "OUT",
-                 "SUM", "O", "G", "Z", "I", "F", "I_OUT", "F_OUT"}
-INTEGERS = {"S", "NC"}  # capitalised, yet sizes rather than tensors
+                 "SUM", "O", "G", "Z", "I", "F", "I_OUT", "F_OUT", "F_in", "I_in"}
+INTEGERS = {"S", "NC", "S_pad"}  # capitalised, yet sizes rather than tensors
 FLOATS = {"scale", "eps", "cap"}
 JOBS = {
-    (mlstm_triton, "_fw_states"): dict(SEVEN_B, BK=32, BV=64, HAS_INITIAL=True),
-    (mlstm_triton, "_fw_outputs"): dict(SEVEN_B, BT=64, BK=64, BV=128),
-    (mlstm_triton, "_bw_states"): dict(SEVEN_B, BK=32, BV=64, HAS_FINAL_GRAD=True),
+    (mlstm_triton, "_fw_states"): dict(SEVEN_B, BK=64, BV=128, HAS_INITIAL=True),
+    (mlstm_triton, "_prepare_gates"): dict(NH=8, L=128),
+    (mlstm_triton, "_fw_outputs"): dict(SEVEN_B, BT=64, BK=64, BV=512),
+    (mlstm_triton, "_bw_states"): dict(SEVEN_B, BK=64, BV=128, HAS_FINAL_GRAD=True),
     (mlstm_triton, "_bw_dq"): dict(SEVEN_B, BT=64, BK=128, BV=64),
     (mlstm_triton, "_bw_dk"): dict(SEVEN_B, BT=64, BK=128, BV=64),
     (mlstm_triton, "_bw_dv"): dict(SEVEN_B, BT=64, BK=128, BV=64),
     (mlstm_triton, "_step"): dict(DQK=256, DV=512, BK=256, BV=64),
-    (mlstm_triton, "_row_dot"): dict(NH=8, D=512, BR=64, BD=128),
+    (mlstm_triton, "_denominator_grads"): dict(NH=8, D=512, BR=64, BD=128),
+    (mlstm_triton, "_gate_grads"): dict(NH=8, TILES=2, BLOCK=1024, HAS_INITIAL=True, HAS_FINAL=True, HAS_DM=True),
     (elementwise_triton, "_rms_norm"): dict(HAS_RESIDUAL=True, BD=4096),
     (elementwise_triton, "_head_norm_gate"): dict(BD=512),
     (elementwise_triton, "_silu_mul"): dict(BD=2048),

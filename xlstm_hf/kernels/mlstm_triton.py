@@ -8,11 +8,14 @@ untouched). Per (batch, head):
 
 * ``_fw_states``: the recurrence over chunks, parallel over (q/k dim, v dim) tiles of the state. It stores the
   state entering every chunk, C_{k-1} (DQK x DV), n_{k-1} and m_{k-1}, and the final state.
+* ``_prepare_gates`` first: the gates in fp32, padded to whole chunks, with their within-chunk sums and maxima.
 * ``_fw_outputs``: every chunk in parallel, in row blocks: the incoming state's contribution plus the causal
-  intra-chunk part, with the exact per-position stabiliser m_t (computed beforehand from the gate vectors).
-* backward: ``_bw_states`` runs the state gradient backwards over chunks (stabilised by the forward's chunk m's),
-  then ``_bw_dq``, ``_bw_dk`` and ``_bw_dv`` are parallel over chunks. The gate gradients follow from the
-  identities  sum_j dlogW_tj = q_t . dq_t  and  sum_t dlogW_tj = k_j . dk_j  (vector work, done in PyTorch).
+  intra-chunk part, with the exact per-position stabiliser m_t (from the chunk's m and the within-chunk maxima).
+* backward: ``_denominator_grads`` goes through the normaliser, ``_bw_states`` runs the state gradient backwards
+  over chunks (stabilised by the forward's chunk m's), then ``_bw_dq``, ``_bw_dk`` and ``_bw_dv`` are parallel over
+  chunks. The gate gradients follow from the identities  sum_j dlogW_tj = q_t . dq_t  and
+  sum_t dlogW_tj = k_j . dk_j, and the stabiliser's max, in one reverse scan per (batch, head): ``_gate_grads``.
+  Few launches matter here: at training lengths (2K-8K) the backward is bound by the host's launch rate.
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ def _fw_states(
 
 @triton.jit
 def _fw_outputs(
-    Q, K, V, H, B_gate, I_gate, M_pos, C_states, N_states, M_states, DEN,
+    Q, K, V, H, B_gate, I_gate, CMAX, M_pos, C_states, N_states, M_states, DEN,
     s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_hb, s_hh, s_hs,
     scale, eps,
     NH: tl.constexpr, NC, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
@@ -153,8 +156,12 @@ def _fw_outputs(
     mask_v = offs_v < DV
     gate_base = pid_bh * NC * L
     b_t = tl.load(B_gate + gate_base + offs_t)
-    m_t = tl.load(M_pos + gate_base + offs_t)
     m_prev = tl.load(M_states + pid_bh * (NC + 1) + chunk)
+    # The exact recurrent stabiliser: m_t = max(b_t + m_{k-1}, b_t + max_{j<=t in chunk}(i_j - b_j)); kept for the
+    # backward.
+    m_t = b_t + tl.maximum(m_prev, tl.load(CMAX + gate_base + offs_t))
+    if pid_v == 0:
+        tl.store(M_pos + gate_base + offs_t, m_t)
     q_base = Q + b * s_qb + h * s_qh
     k_base = K + b * s_kb + h * s_kh
     v_base = V + b * s_vb + h * s_vh
@@ -429,9 +436,10 @@ DEFAULT_CHUNK_SIZE = 128
 @dataclasses.dataclass(frozen=True)
 class Tiling:
     """Block sizes and launch settings. `state_*`: the recurrent kernels (forward and backward; `bw_state_warps`
-    the backward's warps), `out_*`: the forward's output kernel, `grad_*`: the dq/dk/dv kernels. Block sizes are
-    capped to the head dims. The defaults are the fastest of `benchmarks/kernels.py --sweep` at the 7B's shapes on
-    an H100 (S 8K and 32K; docs/benchmarks.md)."""
+    the backward's warps), `out_*`: the forward's output kernel, `grad_*`: the dq/dk/dv kernels, `gate_block`: the
+    positions per step of the gate-gradient scan. Block sizes are capped to the head dims. The defaults are the fastest
+    of `benchmarks/kernels.py --sweep` at the 7B's shapes on an H100 (S 8K and 32K; docs/benchmarks.md).
+    """
 
     state_bk: int = 64
     state_bv: int = 128
@@ -448,6 +456,7 @@ class Tiling:
     grad_bv: int = 64
     grad_warps: int = 8
     grad_stages: int = 3
+    gate_block: int = 1024
 
 
 TILING = Tiling()
@@ -473,35 +482,129 @@ def _prepare(x: torch.Tensor, padded: int) -> torch.Tensor:
 
 
 @triton.jit
-def _row_dot(X, Y, OUT, s_xb, s_xh, s_xs, s_yb, s_yh, s_ys, S, NH: tl.constexpr, D: tl.constexpr,
-             BR: tl.constexpr, BD: tl.constexpr):
-    """OUT[bh, s] = sum_d X[b, h, s, d] * Y[b, h, s, d], accumulated in fp32."""
+def _denominator_grads(
+    DH, H, DEN, M_pos, RDEN, DDEN, DM, s_db, s_dh, s_ds, s_hb, s_hh, s_hs, S, eps,
+    NH: tl.constexpr, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
+):
+    """Through h = num / den with den = max(|den_raw|, exp(-m)) + eps, per position: 1/den, and with
+    dden = -(dh . h) / den the gradients of den_raw (where |den_raw| is the larger) and of m (where exp(-m) is)."""
     pid_bh, pid_r = tl.program_id(0), tl.program_id(1)
     b, h = pid_bh // NH, pid_bh % NH
     rows = pid_r * BR + tl.arange(0, BR)
-    acc = tl.zeros((BR,), dtype=tl.float32)
+    row_ok = rows < S
+    dh_dot_h = tl.zeros((BR,), dtype=tl.float32)
     for dd in range(0, D, BD):
         cols = dd + tl.arange(0, BD)
-        mask = (rows[:, None] < S) & (cols[None, :] < D)
-        x = tl.load(X + b * s_xb + h * s_xh + rows[:, None] * s_xs + cols[None, :], mask=mask, other=0.0)
-        y = tl.load(Y + b * s_yb + h * s_yh + rows[:, None] * s_ys + cols[None, :], mask=mask, other=0.0)
-        acc += tl.sum(x.to(tl.float32) * y.to(tl.float32), axis=1)
-    tl.store(OUT + pid_bh * S + rows, acc, mask=rows < S)
+        mask = row_ok[:, None] & (cols[None, :] < D)
+        x = tl.load(DH + b * s_db + h * s_dh + rows[:, None] * s_ds + cols[None, :], mask=mask, other=0.0)
+        y = tl.load(H + b * s_hb + h * s_hh + rows[:, None] * s_hs + cols[None, :], mask=mask, other=0.0)
+        dh_dot_h += tl.sum(x.to(tl.float32) * y.to(tl.float32), axis=1)
+    at = pid_bh * S + rows
+    den_raw = tl.load(DEN + at, mask=row_ok, other=0.0)
+    floor = tl.exp(-tl.load(M_pos + at, mask=row_ok, other=0.0))
+    rden = 1.0 / (tl.maximum(tl.abs(den_raw), floor) + eps)
+    dden = -dh_dot_h * rden
+    on_num = tl.abs(den_raw) >= floor
+    sign = tl.where(den_raw > 0, 1.0, tl.where(den_raw < 0, -1.0, 0.0))
+    tl.store(RDEN + at, rden, mask=row_ok)
+    tl.store(DDEN + at, tl.where(on_num, dden * sign, 0.0), mask=row_ok)
+    tl.store(DM + at, tl.where(on_num, 0.0, -dden * floor), mask=row_ok)
 
 
-def _gates(i: torch.Tensor, f: torch.Tensor, padded: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 (B*NH, S_pad) log forget gates and input gates, padded with lf = 0, i = -inf."""
-    B, NH, S = i.shape
-    log_f = F.pad(F.logsigmoid(f.float()), (0, padded - S))
-    i = F.pad(i.float(), (0, padded - S), value=float("-inf"))
-    return log_f.reshape(B * NH, padded), i.reshape(B * NH, padded)
+@triton.jit
+def _then(c1, b1, c2, b2):
+    """y -> c y + b maps, composed: first (c1, b1), then (c2, b2)."""
+    return c1 * c2, c2 * b1 + b2
 
 
-def _position_m(b_gate: torch.Tensor, i_gate: torch.Tensor, m_states: torch.Tensor, L: int) -> torch.Tensor:
-    """The exact recurrent stabiliser m_t: max(b_t + m_{k-1}, b_t + max_{j<=t in chunk}(i_j - b_j))."""
-    BH, S = b_gate.shape
-    b, i = b_gate.view(BH, -1, L), i_gate.view(BH, -1, L)
-    return (b + torch.maximum(m_states[:, :-1, None], torch.cummax(i - b, dim=-1).values)).view(BH, S)
+@triton.jit
+def _forget_branch(LOG_F, I_gate, M_pos, base, offs, ok, m0):
+    """1 where m_t = lf_t + m_{t-1} (the forget branch of the stabiliser's max), 0 where m_t = i_t or outside `ok`."""
+    m_prev = tl.load(M_pos + base + offs - 1, mask=ok & (offs > 0), other=0.0) + tl.where(offs == 0, m0, 0.0)
+    lf = tl.load(LOG_F + base + offs, mask=ok, other=0.0)
+    i = tl.load(I_gate + base + offs, mask=ok, other=0.0)
+    return tl.where(ok & (lf + m_prev >= i), 1.0, 0.0)
+
+
+@triton.jit
+def _gate_grads(
+    ROWSUM, COLSUM, DM_DIRECT, LOG_F, I_gate, M_pos, M0, FINAL, DM_FINAL, F_in, DI, DF, DM0,
+    s_fb, s_fh, s_fs, S_pad, S,
+    NH: tl.constexpr, TILES: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_INITIAL: tl.constexpr, HAS_FINAL: tl.constexpr, HAS_DM: tl.constexpr,
+):
+    """The gate gradients of one (batch, head), from  sum_j dlogW_tj = q_t . dq_t (ROWSUM)  and
+    sum_t dlogW_tj = k_j . dk_j (COLSUM), each summed over its TILES q/k-dim tiles:
+
+        d_b = rowsum - colsum,  d_log_f_t = sum_{j >= t} d_b_j + forget_t g_t,  d_i_t = colsum_t + (1 - forget_t) g_t,
+
+    where g is the gradient of the stabiliser m_t = max(lf_t + m_{t-1}, i_t), g_t = dm_t + forget_{t+1} g_{t+1}, and
+    dm_t = dm_direct_t - rowsum_t (the last position also takes the final state's terms). Both are reverse scans: the
+    sequence is walked from its end in blocks, each loaded back to front, so that they become forward scans."""
+    pid = tl.program_id(0)
+    b, h = pid // NH, pid % NH
+    num_bh = tl.num_programs(0)
+    base = pid * S_pad
+    m0 = tl.load(M0 + pid) if HAS_INITIAL else 0.0
+    carry_g = 0.0  # g at the position after the block
+    carry_b = 0.0  # the sum of d_b after the block
+    for start in range(0, S_pad, BLOCK):
+        offs = S_pad - 1 - start - tl.arange(0, BLOCK)  # descending positions
+        ok = offs >= 0
+        rowsum = tl.zeros((BLOCK,), dtype=tl.float32)
+        colsum = tl.zeros((BLOCK,), dtype=tl.float32)
+        for tile in range(TILES):
+            rowsum += tl.load(ROWSUM + tile * num_bh * S_pad + base + offs, mask=ok, other=0.0)
+            colsum += tl.load(COLSUM + tile * num_bh * S_pad + base + offs, mask=ok, other=0.0)
+        last = offs == S_pad - 1
+        if HAS_FINAL:
+            rowsum += tl.where(last, tl.load(FINAL + pid), 0.0)
+        dm = tl.load(DM_DIRECT + base + offs, mask=ok, other=0.0) - rowsum
+        if HAS_DM:
+            dm += tl.where(last, tl.load(DM_FINAL + pid), 0.0)
+        forget = _forget_branch(LOG_F, I_gate, M_pos, base, offs, ok, m0)
+        forget_next = _forget_branch(LOG_F, I_gate, M_pos, base, offs + 1, ok & (offs + 1 < S_pad), m0)
+        scale, shift = tl.associative_scan((forget_next, dm), 0, _then)
+        g = shift + scale * carry_g
+        d_b = rowsum - colsum
+        d_log_f = tl.cumsum(d_b, 0) + carry_b + forget * g
+        d_i = colsum + (1.0 - forget) * g
+        carry_g = tl.sum(tl.where(tl.arange(0, BLOCK) == BLOCK - 1, g, 0.0), axis=0)
+        carry_b += tl.sum(d_b, axis=0)
+        real = ok & (offs < S)
+        f = tl.load(F_in + b * s_fb + h * s_fh + offs * s_fs, mask=real, other=0.0).to(tl.float32)
+        tl.store(DF + pid * S + offs, d_log_f * tl.sigmoid(-f), mask=real)
+        tl.store(DI + pid * S + offs, d_i, mask=real)
+        tl.store(DM0 + pid + offs * 0, forget * g, mask=offs == 0)
+
+
+@triton.jit
+def _running_max(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _prepare_gates(
+    I_in, F_in, LOG_F, B_gate, I_gate, CMAX, s_ib, s_ih, s_is, s_fb, s_fh, s_fs, S,
+    NH: tl.constexpr, L: tl.constexpr,
+):
+    """One chunk of one (batch, head), in fp32 and padded to whole chunks: the log forget gates (0 past the sequence),
+    their cumulative sums within the chunk b_t, the input gates (-inf past the sequence: no input), and the running
+    max of i_j - b_j within the chunk (the stabiliser's intra-chunk part)."""
+    pid_bh, chunk = tl.program_id(0), tl.program_id(1)
+    b, h = pid_bh // NH, pid_bh % NH
+    t = chunk * L + tl.arange(0, L)
+    real = t < S
+    f = tl.load(F_in + b * s_fb + h * s_fh + t * s_fs, mask=real, other=0.0).to(tl.float32)
+    i = tl.load(I_in + b * s_ib + h * s_ih + t * s_is, mask=real, other=0.0).to(tl.float32)
+    log_f = tl.where(real, tl.minimum(f, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f))), 0.0)  # logsigmoid, both ways stable
+    i = tl.where(real, i, float("-inf"))
+    b_t = tl.cumsum(log_f, 0)
+    out = pid_bh * tl.num_programs(1) * L + t
+    tl.store(LOG_F + out, log_f)
+    tl.store(B_gate + out, b_t)
+    tl.store(I_gate + out, i)
+    tl.store(CMAX + out, tl.associative_scan(i - b_t, 0, _running_max))
 
 
 def _forward(q, k, v, i, f, initial_state, L, eps, tiling: Tiling):
@@ -510,9 +613,9 @@ def _forward(q, k, v, i, f, initial_state, L, eps, tiling: Tiling):
     NC = triton.cdiv(S, L)
     S_pad = NC * L
     q, k, v = (_prepare(x, S_pad) for x in (q, k, v))
-    log_f, i_gate = _gates(i, f, S_pad)
-    b_gate = log_f.view(B * NH, NC, L).cumsum(-1).view(B * NH, S_pad)
     dev, f32 = q.device, torch.float32
+    log_f, b_gate, i_gate, cmax = (torch.empty(B * NH, S_pad, device=dev, dtype=f32) for _ in range(4))
+    _prepare_gates[(B * NH, NC)](i, f, log_f, b_gate, i_gate, cmax, *_strides(i), *_strides(f), S, NH=NH, L=L)
     ieee = q.dtype == torch.float32
     # Chunk states in the input dtype: the dots that read them run in that dtype anyway (fp32 inputs: fp32).
     C_states = torch.empty(B * NH, NC, DQK, DV, device=dev, dtype=q.dtype)
@@ -530,12 +633,12 @@ def _forward(q, k, v, i, f, initial_state, L, eps, tiling: Tiling):
         NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_INITIAL=has_initial, IEEE=ieee,
         num_warps=tiling.state_warps, num_stages=tiling.state_stages,
     )
-    m_pos = _position_m(b_gate, i_gate, M_states, L)
+    m_pos = torch.empty(B * NH, S_pad, device=dev, dtype=f32)
     h = torch.empty(B, NH, S_pad, DV, device=dev, dtype=v.dtype)
     den = torch.empty(B * NH, S_pad, device=dev, dtype=f32)
     BT, BK, BV = min(tiling.out_bt, L), _fit(tiling.out_bk, DQK), _fit(tiling.out_bv, DV)
     _fw_outputs[(B * NH, NC * (L // BT), triton.cdiv(DV, BV))](
-        q, k, v, h, b_gate, i_gate, m_pos, C_states, N_states, M_states, den,
+        q, k, v, h, b_gate, i_gate, cmax, m_pos, C_states, N_states, M_states, den,
         *_strides(q), *_strides(k), *_strides(v), *_strides(h),
         DQK**-0.5, eps,
         NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, BT=BT, BK=BK, BV=BV, IEEE=ieee,
@@ -545,24 +648,7 @@ def _forward(q, k, v, i, f, initial_state, L, eps, tiling: Tiling):
     return h[:, :, :S], (C_out, N_out, M_out), saved
 
 
-def _max_chain_backward(dm, log_f, i_gate, m_pos, m0):
-    """Backward through m_t = max(lf_t + m_{t-1}, i_t): the forget branch passes dm_t on to m_{t-1}, the input
-    branch hands it to i_t. Vectorised as a reverse cumulative sum restarted at every input-branch position."""
-    BH, S = dm.shape
-    m_prev = torch.cat([m0.view(BH, 1), m_pos[:, :-1]], dim=1)
-    forget = (log_f + m_prev >= i_gate).to(dm.dtype)
-    reverse_cumsum = dm.flip(-1).cumsum(-1).flip(-1)
-    reverse_cumsum = torch.cat([reverse_cumsum, reverse_cumsum.new_zeros(BH, 1)], dim=1)
-    positions = torch.arange(S, device=dm.device).expand(BH, S)
-    restart = torch.where(forget == 0, positions, S)
-    # First restart strictly after t: a reverse cumulative minimum, shifted by one.
-    next_restart = torch.cat([restart[:, 1:], restart.new_full((BH, 1), S)], dim=1)
-    next_restart = next_restart.flip(-1).cummin(-1).values.flip(-1)
-    acc = reverse_cumsum[:, :S] - reverse_cumsum.gather(1, next_restart)
-    return acc * forget, acc * (1 - forget), acc[:, 0] * forget[:, 0]
-
-
-def _backward(saved, S, L, eps, dh, dC, dn, dm, need_initial, tiling: Tiling):
+def _backward(saved, f, S, L, eps, dh, dC, dn, dm, need_initial, tiling: Tiling):
     q, k, v, h, log_f, b_gate, i_gate, m_pos, M_states, C_states, N_states, den_raw, C_out, N_out, C0, N0, M0 = saved
     B, NH, S_pad, DQK = q.shape
     DV = v.shape[-1]
@@ -571,24 +657,22 @@ def _backward(saved, S, L, eps, dh, dC, dn, dm, need_initial, tiling: Tiling):
     ieee = q.dtype == torch.float32
     dh = torch.zeros_like(h) if dh is None else _prepare(dh.to(h.dtype), S_pad)
 
-    # Denominator: den = max(|den_raw|, exp(-m)) + eps; h = num / den.
-    floor = torch.exp(-m_pos)
-    rden = 1.0 / (torch.maximum(den_raw.abs(), floor) + eps)
-    dh_dot_h = torch.empty(B * NH, S_pad, device=dev, dtype=f32)
-    _row_dot[(B * NH, triton.cdiv(S_pad, 64))](dh, h, dh_dot_h, *_strides(dh), *_strides(h), S_pad, NH=NH, D=DV,
-                                               BR=64, BD=_fit(128, DV))
-    dden = -dh_dot_h * rden
-    on_num = den_raw.abs() >= floor
-    dden_raw = torch.where(on_num, dden * torch.sign(den_raw), 0.0)
-    dm_direct = torch.where(on_num, 0.0, -dden * floor)
+    rden, dden_raw, dm_direct = (torch.empty(B * NH, S_pad, device=dev, dtype=f32) for _ in range(3))
+    _denominator_grads[(B * NH, triton.cdiv(S_pad, 64))](
+        dh, h, den_raw, m_pos, rden, dden_raw, dm_direct, *_strides(dh), *_strides(h), S_pad, eps,
+        NH=NH, D=DV, BR=64, BD=_fit(128, DV),
+    )
 
     DC_states = torch.empty(B * NH, NC, DQK, DV, device=dev, dtype=q.dtype)
     DN_states = torch.empty(B * NH, NC, DQK, device=dev, dtype=f32)
     dC0 = torch.empty(B, NH, DQK, DV, device=dev, dtype=f32)
     dN0 = torch.empty(B, NH, DQK, device=dev, dtype=f32)
     has_final = dC is not None or dn is not None
-    dC_final = (dC if dC is not None else torch.zeros_like(C_out)).float().contiguous()
-    dn_final = (dn if dn is not None else torch.zeros_like(N_out)).float().contiguous()
+    if has_final:
+        dC_final = (dC if dC is not None else torch.zeros_like(C_out)).float().contiguous()
+        dn_final = (dn if dn is not None else torch.zeros_like(N_out)).float().contiguous()
+    else:  # not read by the kernels
+        dC_final, dn_final = C_out, N_out
     scale = DQK**-0.5
     BK, BV = _fit(tiling.state_bk, DQK), _fit(tiling.state_bv, DV)
     _bw_states[(B * NH, triton.cdiv(DQK, BK), triton.cdiv(DV, BV))](
@@ -618,20 +702,17 @@ def _backward(saved, S, L, eps, dh, dC, dn, dm, need_initial, tiling: Tiling):
     )
 
     # Gate gradients from  sum_j dlogW_tj = q_t . dq_t  and  sum_t dlogW_tj = k_j . dk_j.
-    rowsum, colsum = rowsum.sum(0), colsum.sum(0)
-    if has_final:
-        final = (C_out * dC_final).sum((-2, -1)) + (N_out * dn_final).sum(-1)
-        rowsum[:, -1] += final.view(B * NH)
-    d_m = dm_direct - rowsum
-    if dm is not None:
-        d_m[:, -1] += dm.float().reshape(B * NH)
-    d_log_f_chain, d_i_chain, dm0_chain = _max_chain_backward(d_m, log_f, i_gate, m_pos, M0.reshape(-1)
-                                                              if need_initial else torch.zeros_like(d_m[:, 0]))
-    d_b = rowsum - colsum
-    d_log_f = d_b.flip(-1).cumsum(-1).flip(-1) + d_log_f_chain
-    d_i = colsum + d_i_chain
-    grads = [dq[:, :, :S], dk[:, :, :S], dv[:, :, :S], d_i.view(B, NH, S_pad)[..., :S],
-             d_log_f.view(B, NH, S_pad)[..., :S]]
+    final = (C_out * dC_final).sum((-2, -1)) + (N_out * dn_final).sum(-1) if has_final else rden
+    dm_final = dm.float().reshape(B * NH).contiguous() if dm is not None else rden
+    di, df = (torch.empty(B, NH, S, device=dev, dtype=f32) for _ in range(2))
+    dm0_chain = torch.empty(B * NH, device=dev, dtype=f32)
+    _gate_grads[(B * NH,)](
+        rowsum, colsum, dm_direct, log_f, i_gate, m_pos, M0, final, dm_final, f, di, df, dm0_chain,
+        *_strides(f), S_pad, S,
+        NH=NH, TILES=rowsum.shape[0], BLOCK=tiling.gate_block, HAS_INITIAL=need_initial, HAS_FINAL=has_final,
+        HAS_DM=dm is not None, num_warps=4,
+    )
+    grads = [dq[:, :, :S], dk[:, :, :S], dv[:, :, :S], di, df]
     initial_grads = None
     if need_initial:
         dm0 = (C0 * dC0).sum((-2, -1)) + (N0 * dN0).sum(-1) + dm0_chain.view(B, NH)
@@ -645,6 +726,7 @@ class _MLSTMChunkwise(torch.autograd.Function):
         initial = (C0, n0, m0) if C0 is not None else None
         h, (C, n, m), saved = _forward(q, k, v, i, f, initial, chunk_size, eps, tiling)
         ctx.save_for_backward(f, *saved)
+        ctx.set_materialize_grads(False)  # an unused final state then skips its gradient's work, not zeros
         ctx.meta = (q.shape[2], chunk_size, eps, tiling, initial is not None,
                     [x.dtype for x in (q, k, v, i, f)], [x.dtype for x in initial] if initial else None)
         return h, C, n, m
@@ -653,10 +735,8 @@ class _MLSTMChunkwise(torch.autograd.Function):
     def backward(ctx, dh, dC, dn, dm):
         f, *saved = ctx.saved_tensors
         S, L, eps, tiling, has_initial, dtypes, initial_dtypes = ctx.meta
-        grads, initial_grads = _backward(saved, S, L, eps, dh, dC, dn, dm, has_initial, tiling)
-        dq, dk, dv, di, d_log_f = grads
-        df = d_log_f * torch.sigmoid(-f.float())
-        out = [g.to(dt) for g, dt in zip((dq, dk, dv, di, df), dtypes)]
+        grads, initial_grads = _backward(saved, f, S, L, eps, dh, dC, dn, dm, has_initial, tiling)
+        out = [g.to(dt) for g, dt in zip(grads, dtypes)]
         if has_initial:
             out += [g.to(dt) for g, dt in zip(initial_grads, initial_dtypes)]
         else:
