@@ -36,6 +36,66 @@ def random_ids(batch: int, length: int, vocab: int = TINY["vocab_size"], seed: i
 
 
 
+def left_pad(rows: list[torch.Tensor], pad_id: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, length) rows as one batch padded on the left (as generate() pads), with its attention mask."""
+    return _pad(rows, pad_id, left=True)
+
+
+def right_pad(rows: list[torch.Tensor], pad_id: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, length) rows as one batch padded on the right (as SFT collators pad), with its attention mask."""
+    return _pad(rows, pad_id, left=False)
+
+
+def _pad(rows, pad_id, left):
+    length = max(r.shape[1] for r in rows)
+    batch = torch.full((len(rows), length), pad_id)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for r, row in enumerate(rows):
+        span = slice(length - row.shape[1], length) if left else slice(0, row.shape[1])
+        batch[r, span], mask[r, span] = row[0], 1
+    return batch, mask
+
+
+# generate() modes a recurrent model must serve (each with and without the cache in the tests).
+GENERATION_MODES = {
+    "greedy": dict(do_sample=False),
+    "sampling": dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.9),
+    "beam_search": dict(num_beams=3, do_sample=False),
+    "beam_search_returns": dict(num_beams=4, num_return_sequences=2, do_sample=False),
+    "sampling_returns": dict(do_sample=True, num_return_sequences=3),
+    "repetition_penalty": dict(do_sample=False, repetition_penalty=1.5),
+}
+
+
+@torch.no_grad()
+def check_padded_batch_matches_each_row(model, rows: list[torch.Tensor], new_tokens: int) -> None:
+    """A left-padded batch gives every row the logits and the greedy continuation it gets alone."""
+    batch, mask = left_pad(rows)
+    padded = model(batch, attention_mask=mask).logits
+    generated = model.generate(batch, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                               do_sample=False)
+    for r, row in enumerate(rows):
+        assert (padded[r, -row.shape[1]:] - model(row).logits[0]).abs().max() < 1e-5
+        # An explicit mask: generate() would otherwise take a real token equal to pad_token_id for padding.
+        alone = model.generate(row, attention_mask=torch.ones_like(row), max_new_tokens=new_tokens,
+                               min_new_tokens=new_tokens, do_sample=False)
+        assert torch.equal(generated[r, batch.shape[1]:], alone[0, row.shape[1]:])
+
+
+def check_cached_generate_equals_recomputing(model, rows: list[torch.Tensor], mode: str, new_tokens: int) -> None:
+    """generate() in `mode` on a left-padded batch gives the same tokens with the cache as with use_cache=False,
+    which runs the whole sequence again at every step: no state, no reorder, an independent reference."""
+    ids, mask = left_pad(rows)
+    outs = []
+    for use_cache in (True, False):
+        torch.manual_seed(0)
+        outs.append(model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                   use_cache=use_cache, **GENERATION_MODES[mode]))
+    assert torch.equal(outs[0], outs[1])
+    returned = len(rows) * GENERATION_MODES[mode].get("num_return_sequences", 1)
+    assert outs[0].shape == (returned, ids.shape[1] + new_tokens)
+
+
 def make_tokenizer():
     """A word-level tokenizer over a small vocabulary (fits the tiny models), with special tokens and a chat
     template; built offline with `tokenizers`."""

@@ -44,3 +44,14 @@ def test_training_benchmark_tiny(tmp_path):
     # LoRA trains a small fraction of the weights; the full setup all of them.
     by_setup = {r["setup"]: r["trained_params"] for r in rows if r["variant"] == "xlstm_hf"}
     assert by_setup["lora_7b"] < by_setup["full_1.3b"] / 5
+
+
+def test_slstm_benchmark_tiny(tmp_path):
+    out = tmp_path / "slstm.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "slstm.py"), "--tiny", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"xlstm_hf_torch", "xlstm_vanilla"}  # the CPU runs the PyTorch variants only
+    # Both against the package's float64 vanilla backend, in bf16: the same recurrence, bf16's rounding apart.
+    assert all(r["max_abs_err_vs_fp64"] < 3e-2 and r["ms"] > 0 and r["fwbw_ms"] > 0 for r in rows.values())

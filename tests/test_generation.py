@@ -7,17 +7,17 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, TextStreamer, pipeline
 from transformers.cache_utils import Cache
 
-from helpers import make_tokenizer, random_ids, tiny_config, tiny_model
+from helpers import (
+    GENERATION_MODES,
+    check_cached_generate_equals_recomputing,
+    check_padded_batch_matches_each_row,
+    make_tokenizer,
+    random_ids,
+    right_pad,
+    tiny_config,
+    tiny_model,
+)
 from xlstm_hf import XLSTMCache
-
-
-def left_pad(rows, pad_id=1):
-    length = max(r.shape[1] for r in rows)
-    batch = torch.full((len(rows), length), pad_id)
-    mask = torch.zeros(len(rows), length, dtype=torch.long)
-    for r, row in enumerate(rows):
-        batch[r, length - row.shape[1]:], mask[r, length - row.shape[1]:] = row[0], 1
-    return batch, mask
 
 
 # --- the cache ---------------------------------------------------------------------------------------------------
@@ -87,27 +87,14 @@ def test_prefill_then_decode_equals_full_forward_at_every_step():
 
 
 def test_left_padded_batch_matches_each_row_alone():
-    model = tiny_model()
-    rows = [random_ids(1, 13, seed=1), random_ids(1, 6, seed=2), random_ids(1, 1, seed=3)]
-    batch, mask = left_pad(rows)
-    padded = model(batch, attention_mask=mask).logits
-    generated = model.generate(batch, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, do_sample=False)
-    for r, row in enumerate(rows):
-        alone = model(row).logits
-        assert (padded[r, -row.shape[1]:] - alone[0]).abs().max() < 1e-5
-        # An explicit mask: generate() would otherwise take a real token equal to pad_token_id for padding.
-        alone_tokens = model.generate(row, attention_mask=torch.ones_like(row), max_new_tokens=8, min_new_tokens=8,
-                                      do_sample=False)
-        assert torch.equal(generated[r, batch.shape[1]:], alone_tokens[0, row.shape[1]:])
+    check_padded_batch_matches_each_row(tiny_model(), [random_ids(1, 13, seed=1), random_ids(1, 6, seed=2),
+                                                       random_ids(1, 1, seed=3)], new_tokens=8)
 
 
 def test_right_padded_training_batch_is_exact():
     model = tiny_model().train()
     rows = [random_ids(1, 11, seed=4), random_ids(1, 5, seed=5)]
-    batch = torch.full((2, 11), 1)
-    mask = torch.zeros(2, 11, dtype=torch.long)
-    for r, row in enumerate(rows):
-        batch[r, : row.shape[1]], mask[r, : row.shape[1]] = row[0], 1
+    batch, mask = right_pad(rows)
     labels = batch.masked_fill(mask == 0, -100)
     out = model(batch, attention_mask=mask, labels=labels)
     for r, row in enumerate(rows):
@@ -160,28 +147,10 @@ def test_greedy_equals_argmax_by_hand():
     assert torch.equal(out, greedy_by_hand(model, ids, 6))
 
 
-MODES = {
-    "sampling": dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.9),
-    "beam_search": dict(num_beams=3, do_sample=False),
-    "beam_search_returns": dict(num_beams=4, num_return_sequences=2, do_sample=False),
-    "sampling_returns": dict(do_sample=True, num_return_sequences=3),
-    "repetition_penalty": dict(do_sample=False, repetition_penalty=1.5),
-}
-
-
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", list(GENERATION_MODES))
 def test_generate_with_the_cache_equals_recomputing_everything(mode):
-    # use_cache=False runs the whole sequence again at each step: no state, no reorder, an independent reference.
-    model = tiny_model()
-    ids, mask = left_pad([random_ids(1, 9, seed=6), random_ids(1, 4, seed=7)])
-    outs = []
-    for use_cache in (True, False):
-        torch.manual_seed(0)
-        outs.append(model.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, use_cache=use_cache,
-                                   **MODES[mode]))
-    assert torch.equal(outs[0], outs[1])
-    expected_rows = 2 * MODES[mode].get("num_return_sequences", 1)
-    assert outs[0].shape == (expected_rows, ids.shape[1] + 6)
+    check_cached_generate_equals_recomputing(tiny_model(), [random_ids(1, 9, seed=6), random_ids(1, 4, seed=7)], mode,
+                                             new_tokens=6)
 
 
 def test_eos_and_min_new_tokens():

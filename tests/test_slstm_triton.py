@@ -1,10 +1,6 @@
 """The fused sLSTM kernel against the float64 recurrent reference (Triton's interpreter on the CPU, the GPU where
 there is one), and the xLSTM[a:b] model on the Triton kernels against the model on the PyTorch reference."""
 
-import inspect
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,8 +8,8 @@ import torch
 triton = pytest.importorskip("triton")
 
 import xlstm_hf  # noqa: E402
-from helpers import random_ids  # noqa: E402
-from test_xlstm_stack import VOCAB, left_pad, tiny_stack  # noqa: E402
+from helpers import left_pad, random_ids  # noqa: E402
+from test_xlstm_stack import VOCAB, tiny_stack  # noqa: E402
 from xlstm_hf.kernels import backend  # noqa: E402
 from xlstm_hf.kernels.slstm_torch import slstm_recurrent_sequence  # noqa: E402
 from xlstm_hf.kernels.slstm_triton import RESIDENT_HEAD_DIM, slstm_triton  # noqa: E402
@@ -147,56 +143,3 @@ def test_training_on_the_triton_kernels_gives_the_reference_gradients(triton_bac
     assert grads["torch"]["xlstm_block_stack.blocks.1.xlstm.slstm_cell._recurrent_kernel_"].abs().max() > 1e-3
     for key, ref in grads["torch"].items():
         assert (grads["triton"][key] - ref).abs().max() <= 1e-5 * ref.abs().max().clamp_min(1), key
-
-
-# (kernel, head width, data dtype, warps, stages) as launched: the widest resident heads, paper-sized streamed ones.
-COMPILE_JOBS = [
-    ("_slstm_forward", 64, "fp32", 8, 3),
-    ("_slstm_forward", 128, "bf16", 8, 3),
-    ("_slstm_forward_streamed", 192, "fp32", 4, 3),
-    ("_slstm_forward_streamed", 512, "bf16", 4, 3),
-    ("_slstm_backward", 64, "fp32", 8, 1),
-    ("_slstm_backward", 128, "bf16", 8, 1),
-    ("_slstm_backward_streamed", 192, "fp32", 4, 3),
-    ("_slstm_backward_streamed", 512, "bf16", 4, 3),
-]
-SM90_SHARED_MEMORY = 232448  # bytes a block may use on sm_90
-DATA_POINTERS = {"GX", "R", "OUT", "DOUT"}  # in the model's dtype; the state and the gate gradients are float32
-
-
-def compile_for_sm90() -> None:
-    from triton.backends.compiler import GPUTarget
-
-    from xlstm_hf.kernels import slstm_triton
-
-    for name, head_dim, dtype, warps, stages in COMPILE_JOBS:
-        kernel = getattr(slstm_triton, name)
-        constexprs = dict(NH=4, DH=head_dim, BB=16, HAS_MASK=True, IEEE=dtype == "fp32")
-        constexprs["BE" if "streamed" in name else "BD"] = 64 if "streamed" in name else head_dim
-        if "forward" in name:
-            constexprs["SAVE"] = True  # the training forward: also stores the state of every step
-        signature = {}
-        for param in inspect.signature(kernel.fn).parameters:
-            if param in constexprs:
-                signature[param] = "constexpr"
-            elif param in ("B", "S"):
-                signature[param] = "i32"
-            else:
-                signature[param] = {"MASK": "*i8"}.get(param, f"*{dtype}" if param in DATA_POINTERS else "*fp32")
-        source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-        options = {"num_warps": warps, "num_stages": stages}
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-        assert len(compiled.asm["cubin"]) > 0 and compiled.metadata.shared <= SM90_SHARED_MEMORY, compiled.metadata
-        print(f"{name} DH={head_dim} {dtype}: {compiled.metadata.shared} bytes of shared memory, sm_90 cubin")
-
-
-def test_the_kernels_compile_for_sm90_within_its_shared_memory():
-    # In a process of its own: this one may run the kernels in Triton's interpreter, which compiles nothing.
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("sm_90 cubin") == len(COMPILE_JOBS)
-
-
-if __name__ == "__main__":
-    compile_for_sm90()

@@ -10,7 +10,14 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import xlstm_hf  # noqa: F401  (registers the Auto classes)
-from helpers import random_ids
+from helpers import (
+    GENERATION_MODES,
+    check_cached_generate_equals_recomputing,
+    check_padded_batch_matches_each_row,
+    left_pad,
+    random_ids,
+    right_pad,
+)
 from xlstm_hf.modeling_xlstm_stack import LORA_TARGET_MODULES as STACK_LORA_TARGET_MODULES
 from xlstm_hf import XLSTMStackCache, XLSTMStackConfig, XLSTMStackForCausalLM, XLSTMStackModel
 from xlstm_hf.kernels.slstm_torch import slstm_recurrent_sequence, slstm_recurrent_step, slstm_zero_state
@@ -48,15 +55,6 @@ def tiny_stack(num_blocks=2, slstm_at=(1,), seed=0, **overrides) -> XLSTMStackFo
     config = XLSTMStackConfig(**stack_config(num_blocks, slstm_at, chunk_size=8, pad_token_id=1, bos_token_id=0,
                                              eos_token_id=2, **overrides))
     return perturb(XLSTMStackForCausalLM(config), seed=seed).eval()
-
-
-def left_pad(rows, pad_id=1):
-    length = max(r.shape[1] for r in rows)
-    batch = torch.full((len(rows), length), pad_id)
-    mask = torch.zeros(len(rows), length, dtype=torch.long)
-    for r, row in enumerate(rows):
-        batch[r, length - row.shape[1]:], mask[r, length - row.shape[1]:] = row[0], 1
-    return batch, mask
 
 
 # --- the xlstm package: the reference --------------------------------------------------------------------------
@@ -278,30 +276,16 @@ def test_prefill_then_decode_equals_full_forward(stack):
 
 
 def test_left_padded_batch_matches_each_row_alone():
-    model = tiny_stack()
     rows = [random_ids(1, 13, vocab=VOCAB, seed=1), random_ids(1, 6, vocab=VOCAB, seed=2),
             random_ids(1, 1, vocab=VOCAB, seed=3)]
-    batch, mask = left_pad(rows)
-    with torch.no_grad():
-        padded = model(batch, attention_mask=mask).logits
-    generated = model.generate(batch, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    for r, row in enumerate(rows):
-        with torch.no_grad():
-            alone = model(row).logits
-        assert (padded[r, -row.shape[1]:] - alone[0]).abs().max() < 1e-5
-        alone_tokens = model.generate(row, attention_mask=torch.ones_like(row), max_new_tokens=6, min_new_tokens=6,
-                                      do_sample=False)
-        assert torch.equal(generated[r, batch.shape[1]:], alone_tokens[0, row.shape[1]:])
+    check_padded_batch_matches_each_row(tiny_stack(), rows, new_tokens=6)
 
 
 def test_right_padded_training_batch_leaves_every_state_as_the_row_alone():
     model = tiny_stack().train()
     model.config.dropout = 0.0
     rows = [random_ids(1, 11, vocab=VOCAB, seed=4), random_ids(1, 5, vocab=VOCAB, seed=5)]
-    batch = torch.full((2, 11), 1)
-    mask = torch.zeros(2, 11, dtype=torch.long)
-    for r, row in enumerate(rows):
-        batch[r, : row.shape[1]], mask[r, : row.shape[1]] = row[0], 1
+    batch, mask = right_pad(rows)
     out = model(batch, attention_mask=mask, labels=batch.masked_fill(mask == 0, -100), use_cache=True)
     for r, row in enumerate(rows):
         alone = model(row, use_cache=True)
@@ -314,26 +298,10 @@ def test_right_padded_training_batch_leaves_every_state_as_the_row_alone():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-MODES = {
-    "greedy": dict(do_sample=False),
-    "sampling": dict(do_sample=True, temperature=0.7, top_k=20),
-    "beam_search": dict(num_beams=3, do_sample=False),
-    "beam_search_returns": dict(num_beams=4, num_return_sequences=2, do_sample=False),
-}
-
-
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", list(GENERATION_MODES))
 def test_generate_with_the_cache_equals_recomputing_everything(mode):
-    # use_cache=False runs the whole sequence again at each step: no state, no reorder, an independent reference.
-    model = tiny_stack()
-    ids, mask = left_pad([random_ids(1, 9, vocab=VOCAB, seed=6), random_ids(1, 4, vocab=VOCAB, seed=7)])
-    outs = []
-    for use_cache in (True, False):
-        torch.manual_seed(0)
-        outs.append(model.generate(ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, use_cache=use_cache,
-                                   **MODES[mode]))
-    assert torch.equal(outs[0], outs[1])
-    assert outs[0].shape == (2 * MODES[mode].get("num_return_sequences", 1), ids.shape[1] + 5)
+    rows = [random_ids(1, 9, vocab=VOCAB, seed=6), random_ids(1, 4, vocab=VOCAB, seed=7)]
+    check_cached_generate_equals_recomputing(tiny_stack(), rows, mode, new_tokens=5)
 
 
 def test_generate_continues_a_returned_cache():

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -249,6 +250,37 @@ def padding_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tens
     return attention_mask[:, -length:].bool()
 
 
+class ForwardInputs(NamedTuple):
+    use_cache: bool
+    output_hidden_states: bool
+    batch_size: int
+    length: int
+    cache: Cache | None
+    mask: torch.Tensor | None  # (B, length) bool, None when nothing is padded
+    states: list  # per block, the state to continue from (None: a fresh one)
+
+
+def prepare_forward(model, cache_class: type, num_blocks: int, input_ids, inputs_embeds, attention_mask, cache,
+                    use_cache, output_hidden_states) -> ForwardInputs:
+    """What the forward() of both model families does before its blocks run: check the inputs, default `use_cache`
+    and `output_hidden_states` from the config, check the cache passed or make one (`model.new_cache`), and derive
+    the padding mask and every block's state to continue from."""
+    check_inputs(model.config, input_ids, inputs_embeds, attention_mask)
+    use_cache = model.config.use_cache if use_cache is None else use_cache
+    if output_hidden_states is None:
+        output_hidden_states = model.config.output_hidden_states
+    batch_size, length = (input_ids if inputs_embeds is None else inputs_embeds).shape[:2]
+    if cache is not None:
+        if not isinstance(cache, cache_class):
+            raise TypeError(f"cache must be an {cache_class.__name__}, got {type(cache).__name__}")
+        cache.check_compatible(model.config, batch_size)
+    elif use_cache:
+        cache = model.new_cache(batch_size)
+    states = cache.states_to_continue() if cache is not None else [None] * num_blocks
+    return ForwardInputs(use_cache, output_hidden_states, batch_size, length, cache,
+                         padding_mask(attention_mask, length), states)
+
+
 def check_inputs(config, input_ids, inputs_embeds, attention_mask) -> None:
     """Raise a `ValueError` naming the bad argument: both or neither of ids and embeddings, empty input, token ids
     outside the vocabulary, a wrong embedding width or mask shape. `config` gives vocab_size and hidden_size."""
@@ -330,19 +362,10 @@ class XLSTMModel(XLSTMPreTrainedModel):
             last_positions_to_keep: Return `last_hidden_state` for only the last N positions (0 = all), so that a
                 long prompt, processed in segments of `config.max_inference_chunksize` tokens, is never held whole.
         """
-        check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        batch_size, length = (input_ids if inputs_embeds is None else inputs_embeds).shape[:2]
-        if cache is not None:
-            if not isinstance(cache, XLSTMCache):
-                raise TypeError(f"cache must be an XLSTMCache, got {type(cache).__name__}")
-            cache.check_compatible(self.config, batch_size)
-        elif use_cache:
-            cache = self.new_cache(batch_size)
-        mask = padding_mask(attention_mask, length)
-        states: list[MLSTMState | None] = cache.states_to_continue() if cache is not None else [None] * len(self.blocks)
+        use_cache, output_hidden_states, _, length, cache, mask, states = prepare_forward(
+            self, XLSTMCache, len(self.blocks), input_ids, inputs_embeds, attention_mask, cache, use_cache,
+            output_hidden_states,
+        )
 
         # Segments carry the state from one to the next: exact, and the activations of one segment bound memory.
         keep_from = length - last_positions_to_keep if 0 < last_positions_to_keep < length else 0
@@ -391,6 +414,16 @@ class RecurrentGenerationMixin(GenerationMixin):
 
     def new_generation_cache(self, batch_size: int) -> Cache:
         raise NotImplementedError
+
+    def _lm_output(self, outputs: BaseModelOutputWithPast, logits: torch.Tensor, labels: torch.LongTensor | None,
+                  **kwargs) -> CausalLMOutputWithPast:
+        """The causal-LM result from the backbone's outputs and the head's logits: with `labels`, the shifted
+        cross-entropy (ignoring -100) as the loss."""
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
+                                      hidden_states=outputs.hidden_states)
 
     def _prepare_cache_for_generation(
         self, generation_config, model_kwargs: dict, generation_mode, batch_size: int, max_cache_length: int
@@ -498,13 +531,8 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
             output_hidden_states=output_hidden_states,
             last_positions_to_keep=keep_last,
         )
-        logits = self._head(keep_positions(outputs.last_hidden_state, logits_to_keep))
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(
-            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
-        )
+        return self._lm_output(outputs, self._head(keep_positions(outputs.last_hidden_state, logits_to_keep)), labels,
+                              **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """transformers' save_pretrained, plus a generated model card (README.md) when the folder has none."""

@@ -31,7 +31,7 @@ from .cache_xlstm_stack import XLSTMStackCache, initial_block_state
 from .configuration_xlstm_stack import XLSTMStackConfig
 from .kernels import mlstm, pad_gates, resolve_backend
 from .kernels.slstm_torch import slstm_recurrent_sequence
-from .modeling_xlstm import RecurrentGenerationMixin, check_inputs, keep_positions, padding_mask
+from .modeling_xlstm import RecurrentGenerationMixin, keep_positions, prepare_forward
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -418,20 +418,11 @@ class XLSTMStackModel(XLSTMStackPreTrainedModel):
             output_hidden_states: Also return the hidden states (embeddings, then every block's output; the last one
                 after the post-blocks norm).
         """
-        check_inputs(self.config, input_ids, inputs_embeds, attention_mask)  # the same checks as the 7B
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        batch_size, length = (input_ids if inputs_embeds is None else inputs_embeds).shape[:2]
-        if cache is not None:
-            if not isinstance(cache, XLSTMStackCache):
-                raise TypeError(f"cache must be an XLSTMStackCache, got {type(cache).__name__}")
-            cache.check_compatible(self.config, batch_size)
-        elif use_cache:
-            cache = self.new_cache(batch_size)
-        mask = padding_mask(attention_mask, length)
         blocks = self.xlstm_block_stack.blocks
-        states: list[tuple | None] = cache.states_to_continue() if cache is not None else [None] * len(blocks)
+        use_cache, output_hidden_states, batch_size, length, cache, mask, states = prepare_forward(
+            self, XLSTMStackCache, len(blocks), input_ids, inputs_embeds, attention_mask, cache, use_cache,
+            output_hidden_states,
+        )
 
         x = self.emb_dropout(self.token_embedding(input_ids) if inputs_embeds is None else inputs_embeds)
         hidden_states = [] if output_hidden_states else None
@@ -523,12 +514,8 @@ class XLSTMStackForCausalLM(XLSTMStackModel, RecurrentGenerationMixin):
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
         )
-        logits = self.lm_head(keep_positions(outputs.last_hidden_state, logits_to_keep))
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
-                                      hidden_states=outputs.hidden_states)
+        return self._lm_output(outputs, self.lm_head(keep_positions(outputs.last_hidden_state, logits_to_keep)), labels,
+                              **kwargs)
 
     def new_generation_cache(self, batch_size: int) -> XLSTMStackCache:
         return self.new_cache(batch_size)
