@@ -7,8 +7,8 @@ distinct), then the N keys again in a random order, each followed by its value. 
 has just read a queried key: predicting its value. Everything runs offline; the data is generated.
 
     python examples/mqar.py --help
-    python examples/mqar.py --pairs 4 8 16 32 64 --seq-len 256 --steps 2000 --output-dir mqar-out   # a GPU
-    python examples/mqar.py --tiny --output-dir /tmp/mqar                                            # seconds, CPU
+    python examples/mqar.py --mixed --pairs 4 8 16 32 64 --steps 4000 --lr 1e-3 3e-3 --jobs 6 --output-dir out  # GPU
+    python examples/mqar.py --tiny --output-dir /tmp/mqar                                               # CPU
 
 Writes `mqar.json` (accuracy per model and N at its best learning rate, every run, the command) and `mqar.md`, and
 `mqar.png` when matplotlib is installed.
@@ -51,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(the paper's protocol sweeps them)")
     parser.add_argument("--eval-sequences", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mixed", action="store_true",
+                        help="train each model once on sequences of every N in --pairs in turn and score it at each N "
+                             "(Zoology's protocol, which the paper follows) instead of one training per N")
     parser.add_argument("--jobs", type=int, default=1,
                         help="trainings run at once, each in its own process (small models leave a GPU mostly idle)")
     parser.add_argument("--tiny", action="store_true", help="a few steps of small models on the CPU (a smoke run)")
@@ -85,9 +88,10 @@ def mqar_batch(count: int, pairs: int, seq_len: int, vocab_size: int, generator:
 
 
 class MQARData(Dataset):
-    """Fresh sequences for every index (a fixed seed per index: reproducible, never repeated in training)."""
+    """Fresh sequences for every index (a fixed seed per index: reproducible, never repeated in training); sequence
+    `index` holds `pairs[index % len(pairs)]` key-value pairs."""
 
-    def __init__(self, size: int, pairs: int, seq_len: int, vocab_size: int, seed: int):
+    def __init__(self, size: int, pairs: tuple[int, ...], seq_len: int, vocab_size: int, seed: int):
         self.size, self.pairs, self.seq_len, self.vocab_size, self.seed = size, pairs, seq_len, vocab_size, seed
 
     def __len__(self) -> int:
@@ -95,7 +99,8 @@ class MQARData(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        return {k: v[0] for k, v in mqar_batch(1, self.pairs, self.seq_len, self.vocab_size, generator).items()}
+        pairs = self.pairs[index % len(self.pairs)]
+        return {k: v[0] for k, v in mqar_batch(1, pairs, self.seq_len, self.vocab_size, generator).items()}
 
 
 def build(name: str, args) -> torch.nn.Module:
@@ -133,12 +138,11 @@ def accuracy(model: torch.nn.Module, data: dict, batch_size: int) -> float:
     return right / total
 
 
-def train_one(name: str, pairs: int, lr: float, args) -> dict:
+def train_one(name: str, trained_on: tuple[int, ...], lr: float, args) -> list[dict]:
+    """Train `name` on sequences of `trained_on` key-value pairs; one run record per N scored (each of them)."""
     torch.manual_seed(args.seed)
     model = build(name, args)
-    train = MQARData(args.steps * args.batch_size, pairs, args.seq_len, args.vocab_size, args.seed)
-    held_out = mqar_batch(args.eval_sequences, pairs, args.seq_len, args.vocab_size,
-                          torch.Generator().manual_seed(args.seed + 1))
+    train = MQARData(args.steps * args.batch_size, trained_on, args.seq_len, args.vocab_size, args.seed)
     training = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="mqar-trainer-"), max_steps=args.steps,  # nothing is saved there
         per_device_train_batch_size=args.batch_size, learning_rate=lr, warmup_steps=args.steps // 10,
@@ -147,12 +151,29 @@ def train_one(name: str, pairs: int, lr: float, args) -> dict:
         disable_tqdm=True, seed=args.seed,
     )
     Trainer(model=model, args=training, train_dataset=train).train()
-    return dict(model=name, pairs=pairs, lr=lr, accuracy=accuracy(model, held_out, args.batch_size),
-                parameters=sum(p.numel() for p in model.parameters()))
+    parameters = sum(p.numel() for p in model.parameters())
+    runs = []
+    for pairs in trained_on:
+        held_out = mqar_batch(args.eval_sequences, pairs, args.seq_len, args.vocab_size,
+                              torch.Generator().manual_seed(args.seed + 1))
+        runs.append(dict(model=name, pairs=pairs, lr=lr, accuracy=accuracy(model, held_out, args.batch_size),
+                         parameters=parameters, trained_on=list(trained_on)))
+    return runs
 
 
-def best_runs(runs: list[dict]) -> list[dict]:
-    """Per (model, pairs), the run of the best learning rate (the first of equals), in the order of `runs`."""
+def best_runs(runs: list[dict], mixed: bool = False) -> list[dict]:
+    """Per (model, pairs), the run of the best learning rate (the first of equals), in the order of `runs`. `mixed`:
+    one model trained on every N, so per model the learning rate of the best mean accuracy over N, all its runs."""
+    if mixed:
+        by_rate: dict[tuple[str, float], list[dict]] = {}
+        for run in runs:
+            by_rate.setdefault((run["model"], run["lr"]), []).append(run)
+        best_rate: dict[str, tuple[float, float]] = {}
+        for (name, lr), group in by_rate.items():
+            mean = sum(r["accuracy"] for r in group) / len(group)
+            if name not in best_rate or mean > best_rate[name][1]:
+                best_rate[name] = (lr, mean)
+        return [run for run in runs if run["lr"] == best_rate[run["model"]][0]]
     best: dict[tuple[str, int], dict] = {}
     for run in runs:
         key = (run["model"], run["pairs"])
@@ -184,8 +205,12 @@ def plot(rows: list[dict], args, path: str) -> bool:
     for name in args.models:
         points = sorted((r["pairs"], r["accuracy"]) for r in rows if r["model"] == name)
         ax.plot(*zip(*points), marker="o", label=name)
+    pairs = sorted({r["pairs"] for r in rows})
     ax.set(xscale="log", xlabel="key-value pairs", ylabel="recall accuracy", ylim=(0, 1.02),
-           title=f"MQAR, sequence {args.seq_len}, width {args.width}")
+           title=f"MQAR, sequence {args.seq_len}, width {args.width}"
+                 + (", trained on every N" if args.mixed else ""))
+    ax.set_xticks(pairs, [str(n) for n in pairs])
+    ax.minorticks_off()
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -193,22 +218,24 @@ def plot(rows: list[dict], args, path: str) -> bool:
     return True
 
 
-def train_all(jobs: list[tuple[str, int, float]], args) -> list[dict]:
-    """`train_one` for every (model, pairs, lr), `--jobs` at a time in spawned processes (CUDA needs spawn)."""
+def train_all(jobs: list[tuple[str, tuple[int, ...], float]], args) -> list[dict]:
+    """`train_one` for every (model, pairs trained on, lr), `--jobs` at a time in spawned processes (CUDA needs
+    spawn); their run records in the order of `jobs`."""
     if args.jobs == 1:
-        return [train_one(*job, args) for job in tqdm(jobs, desc="MQAR runs")]
+        return [run for job in tqdm(jobs, desc="MQAR runs") for run in train_one(*job, args)]
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
         futures = [pool.submit(train_one, *job, args) for job in jobs]
         for _ in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="MQAR runs"):
             pass
-        return [future.result() for future in futures]
+        return [run for future in futures for run in future.result()]
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    runs = train_all([(name, n, lr) for n in args.pairs for name in args.models for lr in args.lr], args)
-    rows = best_runs(runs)
+    trainings = [tuple(args.pairs)] if args.mixed else [(n,) for n in args.pairs]
+    runs = train_all([(name, pairs, lr) for pairs in trainings for name in args.models for lr in args.lr], args)
+    rows = best_runs(runs, args.mixed)
     table = report(rows, args)
     print(table)
 

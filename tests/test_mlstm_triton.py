@@ -12,6 +12,7 @@ import torch
 pytest.importorskip("triton")
 
 from xlstm_hf.kernels import mlstm_recurrent_sequence, mlstm_recurrent_step  # noqa: E402
+from xlstm_hf.kernels.mlstm_torch import pad_gates  # noqa: E402
 from xlstm_hf.kernels.mlstm_triton import TILING, mlstm_chunkwise_triton, mlstm_step_triton  # noqa: E402
 
 GPU = torch.cuda.is_available()
@@ -32,12 +33,26 @@ def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
+def left_padded_gates(i, f, padding):
+    """The model's padding of the gates (`pad_gates`) for the first `padding[b]` positions of row b."""
+    B, NH, S = i.shape
+    mask = torch.arange(S, device=i.device) >= torch.tensor(padding, device=i.device)[:, None]
+    i, f = pad_gates(i.transpose(1, 2), f.transpose(1, 2), mask)
+    return i.transpose(1, 2), f.transpose(1, 2)
+
+
 def check_against_reference(B, NH, S, DQK, DV, dtype, chunk_size, with_state, tol, tiling=None, i_offset=0.0,
-                            loss_on_final_state=True):
+                            loss_on_final_state=True, padding=None):
     inputs, state = make_inputs(B, NH, S, DQK, DV, dtype, with_state=with_state, i_offset=i_offset)
     leaves = [x.clone().requires_grad_() for x in inputs + (list(state) if state else [])]
     ref_leaves = [x.detach().double().clone().requires_grad_() for x in leaves]
-    split = lambda xs: (xs[:5], tuple(xs[5:]) if state else None)  # noqa: E731
+
+    def split(xs):
+        q, k, v, i, f = xs[:5]
+        if padding is not None:
+            i, f = left_padded_gates(i, f, padding)
+        return [q, k, v, i, f], tuple(xs[5:]) if state else None
+
     h, final = mlstm_chunkwise_triton(*split(leaves)[0], split(leaves)[1], chunk_size=chunk_size, tiling=tiling)
     h_ref, final_ref = mlstm_recurrent_sequence(*split(ref_leaves)[0], split(ref_leaves)[1])
     assert h.dtype == dtype and all(s.dtype == torch.float32 for s in final)
@@ -79,6 +94,12 @@ def test_chunkwise_without_initial_state(S):
     check_against_reference(1, 3, S, 16, 32, torch.float32, 16, with_state=False, tol=5e-4)
 
 
+@pytest.mark.parametrize("with_state", [False, True])
+def test_chunkwise_left_padded_rows(with_state):
+    # The model's padding: input gate -inf, forget gate +inf, whole chunks of it and a chunk that it ends inside.
+    check_against_reference(3, 2, 75, 16, 24, torch.float32, 16, with_state=with_state, tol=5e-4, padding=[0, 37, 5])
+
+
 def test_chunkwise_float16():
     check_against_reference(1, 2, 50, 32, 32, torch.float16, 16, with_state=True, tol=2e-2)
 
@@ -87,6 +108,13 @@ def test_chunkwise_float16():
 @pytest.mark.parametrize("S", [1, 17, 100, 257, 1000])
 def test_chunkwise_7b_shapes_bfloat16(S):
     check_against_reference(1, 8, S, 256, 512, torch.bfloat16, 128, with_state=True, tol=3e-2)
+
+
+@pytest.mark.skipif(not GPU, reason="the 7B's head dims take minutes in the interpreter")
+@pytest.mark.parametrize("with_state", [False, True])
+def test_chunkwise_7b_shapes_float32_left_padded(with_state):
+    check_against_reference(2, 8, 300, 256, 512, torch.float32, 128, with_state=with_state, tol=5e-4,
+                            padding=[0, 37])
 
 
 @pytest.mark.parametrize("DQK, DV, state_dtype", [(16, 16, torch.float32), (24, 40, torch.float32),

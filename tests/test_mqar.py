@@ -10,7 +10,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
-from mqar import IGNORE, mqar_batch  # noqa: E402
+from mqar import IGNORE, MQARData, mqar_batch  # noqa: E402
 
 
 def test_every_scored_label_is_the_value_stored_under_the_queried_key():
@@ -45,6 +45,26 @@ def test_smoke_run_writes_the_report_and_parallel_jobs_give_the_sequential_resul
     for row in sweep["rows"]:
         tried = [r for r in sweep["runs"] if r["pairs"] == row["pairs"]]
         assert len(tried) == 2 and row["accuracy"] == max(r["accuracy"] for r in tried) and row in tried
+
+
+def test_mixed_training_data_takes_every_n_in_turn():
+    data = MQARData(6, (2, 5), seq_len=40, vocab_size=64, seed=0)
+    scored = [int((data[index]["labels"] != IGNORE).sum()) for index in range(6)]
+    assert scored == [2, 5, 2, 5, 2, 5]
+
+
+def test_mixed_run_scores_one_model_per_rate_at_every_n(tmp_path):
+    run = run_mqar("--tiny", "--mixed", "--models", "xlstm_1_0", "llama", "--lr", "3e-2", "1e-3", "--output-dir",
+                   str(tmp_path / "out"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "mqar.json").read_text())
+    assert len(result["runs"]) == 2 * 2 * 2 and all(r["trained_on"] == [2, 4] for r in result["runs"])
+    for name in ("xlstm_1_0", "llama"):
+        rows = [r for r in result["rows"] if r["model"] == name]
+        assert sorted(r["pairs"] for r in rows) == [2, 4] and len({r["lr"] for r in rows}) == 1
+        mean = {lr: sum(r["accuracy"] for r in result["runs"] if r["model"] == name and r["lr"] == lr) / 2
+                for lr in (3e-2, 1e-3)}
+        assert mean[rows[0]["lr"]] == max(mean.values())
 
 
 def test_a_bad_argument_is_named(tmp_path):

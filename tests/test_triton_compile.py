@@ -10,14 +10,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 triton = pytest.importorskip("triton")
 GPUTarget = pytest.importorskip("triton.backends.compiler").GPUTarget
 
 from xlstm_hf.kernels import elementwise_triton, mlstm_triton, slstm_triton  # noqa: E402
 
-T = mlstm_triton.TILING  # the launches' settings, so that what compiles here is what runs
-SEVEN_B = dict(NH=8, L=128, DQK=256, DV=512, IEEE=False)
 # The pointers to the model's data (bf16 in the 7B), per module; the others (states, gates, statistics) are fp32.
 DATA_POINTERS = {
     mlstm_triton: {"Q", "K", "V", "H", "DH", "DQ", "DK", "DV_out", "C_states", "DC_states", "F_in", "I_in"},
@@ -38,21 +37,31 @@ def slstm_job(name: str, head_dim: int, data: str, warps: int, stages: int) -> t
     return slstm_triton, name, constexprs, data, dict(num_warps=warps, num_stages=stages)
 
 
+def mlstm_chunkwise_jobs(data: str) -> list[tuple]:
+    """The chunkwise kernels at the 7B's head dims with the tiling the launches use for `data` inputs."""
+    T = mlstm_triton.TILING.for_dtype(torch.float32 if data == "fp32" else torch.bfloat16)
+    seven_b = dict(NH=8, L=128, DQK=256, DV=512, IEEE=data == "fp32")
+    return [
+        (mlstm_triton, "_fw_states", dict(seven_b, BK=T.state_bk, BV=T.state_bv, HAS_INITIAL=True), data,
+         dict(num_warps=T.state_warps, num_stages=T.state_stages)),
+        (mlstm_triton, "_fw_outputs", dict(seven_b, BT=T.out_bt, BK=T.out_bk, BV=T.out_bv), data,
+         dict(num_warps=T.out_warps, num_stages=T.out_stages)),
+        (mlstm_triton, "_bw_states", dict(seven_b, BK=T.state_bk, BV=T.state_bv, HAS_FINAL_GRAD=True), data,
+         dict(num_warps=T.bw_state_warps, num_stages=T.state_stages)),
+        *((mlstm_triton, name, dict(seven_b, BT=T.grad_bt, BK=T.grad_bk, BV=T.grad_bv), data,
+           dict(num_warps=T.grad_warps, num_stages=T.grad_stages)) for name in ("_bw_dq", "_bw_dk", "_bw_dv")),
+    ]
+
+
 # (module, kernel, constexprs, dtype of the data pointers, launch options)
 JOBS = [
     (mlstm_triton, "_prepare_gates", dict(NH=8, L=128), "bf16", {}),
-    (mlstm_triton, "_fw_states", dict(SEVEN_B, BK=T.state_bk, BV=T.state_bv, HAS_INITIAL=True), "bf16",
-     dict(num_warps=T.state_warps, num_stages=T.state_stages)),
-    (mlstm_triton, "_fw_outputs", dict(SEVEN_B, BT=T.out_bt, BK=T.out_bk, BV=T.out_bv), "bf16",
-     dict(num_warps=T.out_warps, num_stages=T.out_stages)),
-    (mlstm_triton, "_bw_states", dict(SEVEN_B, BK=T.state_bk, BV=T.state_bv, HAS_FINAL_GRAD=True), "bf16",
-     dict(num_warps=T.bw_state_warps, num_stages=T.state_stages)),
-    *((mlstm_triton, name, dict(SEVEN_B, BT=T.grad_bt, BK=T.grad_bk, BV=T.grad_bv), "bf16",
-       dict(num_warps=T.grad_warps, num_stages=T.grad_stages)) for name in ("_bw_dq", "_bw_dk", "_bw_dv")),
+    *mlstm_chunkwise_jobs("bf16"),
+    *mlstm_chunkwise_jobs("fp32"),  # a model loaded in float32 runs them at the 7B's head dims too
     (mlstm_triton, "_step", dict(DQK=256, DV=512, BK=256, BV=64), "bf16", {}),
     (mlstm_triton, "_denominator_grads", dict(NH=8, D=512, BR=64, BD=128), "bf16", {}),
-    (mlstm_triton, "_gate_grads", dict(NH=8, TILES=2, BLOCK=T.gate_block, HAS_INITIAL=True, HAS_FINAL=True,
-                                       HAS_DM=True), "bf16", dict(num_warps=4)),
+    (mlstm_triton, "_gate_grads", dict(NH=8, TILES=2, BLOCK=mlstm_triton.TILING.gate_block, HAS_INITIAL=True,
+                                       HAS_FINAL=True, HAS_DM=True), "bf16", dict(num_warps=4)),
     (elementwise_triton, "_rms_norm", dict(HAS_RESIDUAL=True, BD=4096), "bf16", {}),
     (elementwise_triton, "_head_norm_gate", dict(BD=512), "bf16", {}),
     (elementwise_triton, "_silu_mul", dict(BD=2048), "bf16", {}),

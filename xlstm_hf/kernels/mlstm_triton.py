@@ -252,7 +252,8 @@ def _bw_dq(
     NH: tl.constexpr, NC, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
 ):
-    """dq_t = scale [sum_{j<=t} W_tj (dnum_t.v_j + dden_t) k_j + exp(b_t + m_{k-1} - m_t)(C_{k-1} dnum_t + n dden_t)]."""
+    """dq_t = scale [sum_{j<=t} W_tj (dnum_t.v_j + dden_t) k_j
+                     + exp(b_t + m_{k-1} - m_t)(C_{k-1} dnum_t + n dden_t)]."""
     pid_bh, pid_r, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, h = pid_bh // NH, pid_bh % NH
     blocks_per_chunk: tl.constexpr = L // BT
@@ -438,7 +439,8 @@ class Tiling:
     """Block sizes and launch settings. `state_*`: the recurrent kernels (forward and backward; `bw_state_warps`
     the backward's warps), `out_*`: the forward's output kernel, `grad_*`: the dq/dk/dv kernels, `gate_block`: the
     positions per step of the gate-gradient scan. Block sizes are capped to the head dims. The defaults are the fastest
-    of `benchmarks/kernels.py --sweep` at the 7B's shapes on an H100 (S 8K and 32K; docs/benchmarks.md).
+    of `benchmarks/kernels.py --sweep` at the 7B's shapes on an H100 (S 8K and 32K; docs/benchmarks.md), in bf16; the
+    launches use `for_dtype`.
     """
 
     state_bk: int = 64
@@ -457,6 +459,12 @@ class Tiling:
     grad_warps: int = 8
     grad_stages: int = 3
     gate_block: int = 1024
+
+    def for_dtype(self, dtype: torch.dtype) -> "Tiling":
+        """The tiling for inputs of `dtype`. The sizes are for 2-byte inputs; with 4-byte ones the output kernel's
+        pipelined (BK, BV) tiles of the chunk states would need 288 KiB of shared memory at the 7B's head dims, more
+        than an H100 has, so its tile is half as wide."""
+        return self if dtype.itemsize <= 2 else dataclasses.replace(self, out_bv=self.out_bv // 2)
 
 
 TILING = Tiling()
@@ -763,7 +771,7 @@ def mlstm_chunkwise_triton(
         raise ValueError(f"chunk_size must be a power of two >= 16 for the Triton kernels, got {L}")
     L = min(L, _pow2(q.shape[2]))  # a short sequence needs no long chunk
     C0, n0, m0 = initial_state if initial_state is not None else (None, None, None)
-    h, C, n, m = _MLSTMChunkwise.apply(q, k, v, i, f, C0, n0, m0, L, eps, tiling or TILING)
+    h, C, n, m = _MLSTMChunkwise.apply(q, k, v, i, f, C0, n0, m0, L, eps, (tiling or TILING).for_dtype(q.dtype))
     return h, (C, n, m)
 
 
