@@ -163,20 +163,19 @@ class Runner:
     def ids(self, batch: int, length: int) -> torch.Tensor:
         return torch.randint(3, self.model.config.vocab_size, (batch, max(length, 1)), device=self.device)
 
-    def measure(self, suite: str, batch: int, length: int, new_tokens: int, memory_every: int = 0, *keep: str) -> dict:
-        """One generate call as a result row (or an out-of-memory row)."""
+    def measure(self, suite: str, batch: int, length: int, new_tokens: int, memory_every: int = 0, *keep: str) -> None:
+        """One generate call, printed as a result row (or an out-of-memory row) for `results.run_isolated`."""
         row = dict(suite=suite, variant=self.variant, batch=batch, prompt=length, new_tokens=new_tokens)
         try:
             ids = self.ids(batch, length)
             if self.device == "cuda":  # a first call at a new shape builds kernels (Triton, torch.compile): untimed
                 self.generate(ids, new_tokens if self.static else min(new_tokens, 2))  # static: same cache shape
             result = self.generate(ids, new_tokens, memory_every)
+            row.update({key: result[key] for key in ("ttft_ms", "decode_tok_s", "seconds", "peak_gib", *keep)})
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            return dict(row, error="out of memory")
-        row.update({key: result[key] for key in ("ttft_ms", "decode_tok_s", "seconds", "peak_gib", *keep)})
+            row["error"] = "out of memory"
         print(json.dumps(row), flush=True)
-        return row
 
 
 def profile(run: Runner, length: int, new_tokens: int = 33) -> None:
@@ -218,8 +217,8 @@ def decode_overheads(run: Runner, steps: int = 100) -> None:
                   f"calls {'synchronised each step' if sync else 'back to back'}")
 
 
-def run_variant(args, variant: str, device: str, rows: list[dict]) -> None:
-    """Append the rows of every suite for `variant` to `rows` (kept if a later suite fails)."""
+def run_variant(args, variant: str, device: str) -> None:
+    """Every suite for `variant` (each row printed as measured, so a later suite's failure loses none)."""
     model = build(variant, args.tiny, device)
     slow = variant.startswith("transformers_xlstm") or variant == "falcon_mamba"
     new_tokens = args.peer_new_tokens if slow else args.new_tokens
@@ -232,17 +231,18 @@ def run_variant(args, variant: str, device: str, rows: list[dict]) -> None:
         profile(run, args.profile)
         return
     if "latency" in args.suites:
-        rows.extend(run.measure("latency", 1, length, new_tokens if length <= int(decode_limits.get(variant, length))
-                                else 1) for length in lengths)
+        for length in lengths:
+            run.measure("latency", 1, length, new_tokens if length <= int(decode_limits.get(variant, length)) else 1)
     if "prefill" in args.suites:
         shapes = [(2, 64)] if args.tiny else PREFILL_SHAPES
-        rows.extend(run.measure("prefill", batch, length, 1) for batch, length in shapes)
+        for batch, length in shapes:
+            run.measure("prefill", batch, length, 1)
     if "batch" in args.suites:
-        rows.append(run.measure("batch", args.batch_size, args.batch_prompt, new_tokens))
+        run.measure("batch", args.batch_size, args.batch_prompt, new_tokens)
     if args.profile:
         profile(run, args.profile)
     if "memory" in args.suites and not slow:
-        rows.append(run.measure("memory", 1, 0, args.memory_tokens, max(args.memory_tokens // 16, 1), "points"))
+        run.measure("memory", 1, 0, args.memory_tokens, max(args.memory_tokens // 16, 1), "points")
 
 
 def table(rows: list[dict]) -> str:
@@ -274,11 +274,7 @@ def main(argv=None) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmarks/generation.py needs a CUDA GPU (or --tiny for the CPU)")
     if args.only:
-        rows = []
-        try:
-            run_variant(args, args.only, device, rows)
-        except Exception as error:  # noqa: BLE001  (a peer that fails is a result; the others still run)
-            print(json.dumps(dict(suite="all", variant=args.only, error=f"{type(error).__name__}: {error}"[:300])))
+        results.run_child(lambda: run_variant(args, args.only, device), suite="all", variant=args.only)
         return
     info = results.environment()
     print(json.dumps(info), flush=True)

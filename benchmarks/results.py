@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 
 import torch
 
@@ -51,3 +52,12 @@ def run_isolated(script: str, argv: list[str], variant: str) -> list[dict]:
     if child.wait() and not rows:
         rows.append(dict(suite="all", variant=variant, error=f"exit status {child.returncode}"))
     return rows
+
+
+def run_child(run: Callable[[], None], **row) -> None:
+    """The `--only` side of `run_isolated`: `run()` prints this process's result rows; should it raise, the error is
+    printed as the result instead (`row` names the variant), so that a peer that fails leaves the others running."""
+    try:
+        run()
+    except Exception as error:  # noqa: BLE001  (a peer that fails is a result)
+        print(json.dumps(dict(row, error=f"{type(error).__name__}: {error}"[:300])), flush=True)

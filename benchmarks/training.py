@@ -125,11 +125,8 @@ def main(argv=None) -> None:
         raise SystemExit("benchmarks/training.py needs a CUDA GPU (or --tiny for the CPU)")
     if args.only:
         variant, setup = args.only.split("/")
-        try:
-            print(json.dumps(measure(args, variant, setup, device)), flush=True)
-        except Exception as error:  # noqa: BLE001  (a peer that fails is a result)
-            print(json.dumps(dict(suite="training", variant=variant, setup=setup,
-                                  error=f"{type(error).__name__}: {error}"[:300])), flush=True)
+        results.run_child(lambda: print(json.dumps(measure(args, variant, setup, device)), flush=True),
+                          suite="training", variant=variant, setup=setup)
         return
     info = results.environment()
     print(json.dumps(info), flush=True)

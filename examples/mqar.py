@@ -161,25 +161,19 @@ def train_one(name: str, trained_on: tuple[int, ...], lr: float, args) -> list[d
     return runs
 
 
-def best_runs(runs: list[dict], mixed: bool = False) -> list[dict]:
-    """Per (model, pairs), the run of the best learning rate (the first of equals), in the order of `runs`. `mixed`:
-    one model trained on every N, so per model the learning rate of the best mean accuracy over N, all its runs."""
-    if mixed:
-        by_rate: dict[tuple[str, float], list[dict]] = {}
-        for run in runs:
-            by_rate.setdefault((run["model"], run["lr"]), []).append(run)
-        best_rate: dict[str, tuple[float, float]] = {}
-        for (name, lr), group in by_rate.items():
-            mean = sum(r["accuracy"] for r in group) / len(group)
-            if name not in best_rate or mean > best_rate[name][1]:
-                best_rate[name] = (lr, mean)
-        return [run for run in runs if run["lr"] == best_rate[run["model"]][0]]
-    best: dict[tuple[str, int], dict] = {}
-    for run in runs:
-        key = (run["model"], run["pairs"])
-        if key not in best or run["accuracy"] > best[key]["accuracy"]:
-            best[key] = run
-    return list(best.values())
+def best_runs(runs: list[dict]) -> list[dict]:
+    """Per model and set of N trained on, the runs of the learning rate with the best mean accuracy over the N scored
+    (the first of equals), in the order of `runs`: one training per N gives each N its best rate, `--mixed` each
+    model the rate of its best single training."""
+    trainings: dict[tuple, list[float]] = {}  # (model, trained on, lr) -> accuracies, in the order of `runs`
+    for r in runs:
+        trainings.setdefault((r["model"], tuple(r["trained_on"]), r["lr"]), []).append(r["accuracy"])
+    best: dict[tuple, tuple[float, float]] = {}  # (model, trained on) -> (lr, mean accuracy)
+    for (name, trained_on, lr), accuracies in trainings.items():
+        mean = sum(accuracies) / len(accuracies)
+        if (name, trained_on) not in best or mean > best[name, trained_on][1]:
+            best[name, trained_on] = (lr, mean)
+    return [r for r in runs if r["lr"] == best[r["model"], tuple(r["trained_on"])][0]]
 
 
 def report(rows: list[dict], args) -> str:
@@ -235,7 +229,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     trainings = [tuple(args.pairs)] if args.mixed else [(n,) for n in args.pairs]
     runs = train_all([(name, pairs, lr) for pairs in trainings for name in args.models for lr in args.lr], args)
-    rows = best_runs(runs, args.mixed)
+    rows = best_runs(runs)
     table = report(rows, args)
     print(table)
 

@@ -35,7 +35,6 @@ def random_ids(batch: int, length: int, vocab: int = TINY["vocab_size"], seed: i
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-
 def left_pad(rows: list[torch.Tensor], pad_id: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(1, length) rows as one batch padded on the left (as generate() pads), with its attention mask."""
     return _pad(rows, pad_id, left=True)

@@ -161,7 +161,7 @@ def test_gate_gradient_scan_against_a_sequential_loop(flags):
         start = m0[bh].item() if has_initial else 0.0
         m_prev = torch.cat([torch.tensor([start], dtype=torch.float64), m_pos[bh, :-1].double()])
         forget = (log_f[bh].double() + m_prev >= i_gate[bh].double()).double()
-        g, after, tail = torch.zeros(S_pad, dtype=torch.float64), 0.0, 0.0
+        g, tail = torch.zeros(S_pad, dtype=torch.float64), 0.0
         d_log_f = torch.zeros(S_pad, dtype=torch.float64)
         for t in reversed(range(S_pad)):
             g[t] = dm[t] + (forget[t + 1] * g[t + 1] if t + 1 < S_pad else 0.0)

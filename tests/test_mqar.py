@@ -10,7 +10,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
-from mqar import IGNORE, MQARData, mqar_batch  # noqa: E402
+from mqar import IGNORE, MQARData, best_runs, mqar_batch  # noqa: E402
 
 
 def test_every_scored_label_is_the_value_stored_under_the_queried_key():
@@ -51,6 +51,19 @@ def test_mixed_training_data_takes_every_n_in_turn():
     data = MQARData(6, (2, 5), seq_len=40, vocab_size=64, seed=0)
     scored = [int((data[index]["labels"] != IGNORE).sum()) for index in range(6)]
     assert scored == [2, 5, 2, 5, 2, 5]
+
+
+def test_best_runs_picks_a_rate_per_training():
+    def run(pairs, lr, accuracy, trained_on):
+        return dict(model="m", pairs=pairs, lr=lr, accuracy=accuracy, trained_on=trained_on)
+
+    accuracies = {(2, 1e-3): 0.5, (2, 3e-3): 0.7, (4, 1e-3): 0.9, (4, 3e-3): 0.1}
+    per_n = [run(n, lr, accuracy, [n]) for (n, lr), accuracy in accuracies.items()]
+    assert [(r["pairs"], r["lr"]) for r in best_runs(per_n)] == [(2, 3e-3), (4, 1e-3)]  # each N its own rate
+    mixed = [run(n, lr, accuracy, [2, 4]) for (n, lr), accuracy in accuracies.items()]
+    assert [(r["pairs"], r["lr"]) for r in best_runs(mixed)] == [(2, 1e-3), (4, 1e-3)]  # mean 0.7 against 0.4
+    tie = [run(2, 1e-2, 0.5, [2]), run(2, 1e-3, 0.5, [2])]
+    assert best_runs(tie) == tie[:1]  # the first of equals
 
 
 def test_mixed_run_scores_one_model_per_rate_at_every_n(tmp_path):

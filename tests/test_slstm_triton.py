@@ -1,7 +1,6 @@
 """The fused sLSTM kernel against the float64 recurrent reference (Triton's interpreter on the CPU, the GPU where
 there is one), and the xLSTM[a:b] model on the Triton kernels against the model on the PyTorch reference."""
 
-
 import pytest
 import torch
 

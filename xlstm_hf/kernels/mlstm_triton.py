@@ -710,6 +710,7 @@ def _backward(saved, f, S, L, eps, dh, dC, dn, dm, need_initial, tiling: Tiling)
     )
 
     # Gate gradients from  sum_j dlogW_tj = q_t . dq_t  and  sum_t dlogW_tj = k_j . dk_j.
+    # Without a final-state gradient (or a gradient of the final m) the kernel reads no `final` (`dm_final`).
     final = (C_out * dC_final).sum((-2, -1)) + (N_out * dn_final).sum(-1) if has_final else rden
     dm_final = dm.float().reshape(B * NH).contiguous() if dm is not None else rden
     di, df = (torch.empty(B, NH, S, device=dev, dtype=f32) for _ in range(2))
@@ -765,7 +766,8 @@ def mlstm_chunkwise_triton(
 ) -> tuple[torch.Tensor, MLSTMState]:
     """Chunkwise mLSTM on Triton, with autograd. Same arguments and results as
     :func:`xlstm_hf.kernels.mlstm_torch.mlstm_chunkwise`; `chunk_size` (a power of two >= 16) is the kernels'
-    own (default 128); `tiling` overrides the block sizes (benchmarks)."""
+    own (default 128); `tiling` overrides the block sizes (benchmarks; sizes for 2-byte inputs, see
+    `Tiling.for_dtype`)."""
     L = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     if L < 16 or L & (L - 1):
         raise ValueError(f"chunk_size must be a power of two >= 16 for the Triton kernels, got {L}")

@@ -339,30 +339,35 @@ def _kernel_weights(R: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return R.to(torch.float32 if dtype == torch.float32 else dtype).contiguous()
 
 
+def _launch_settings(gates_x: torch.Tensor, mask: torch.Tensor | None, resident: bool) -> tuple[tuple, dict]:
+    """The grid and the constexprs and warps the forward and backward launches share: a program per (head, block of
+    16 batch rows); a resident kernel takes the head as one tile of BD units, a streamed one blocks of BE."""
+    B, _, _, NH, DH = gates_x.shape
+    settings = dict(NH=NH, DH=DH, BB=16, HAS_MASK=mask is not None, IEEE=gates_x.dtype == torch.float32)
+    if resident:
+        block = max(16, triton.next_power_of_2(DH))
+        settings.update(BD=block, num_warps=4 if block <= 32 else 8)
+    else:
+        settings.update(BE=max(16, min(64, triton.next_power_of_2(DH))), num_warps=4)
+    return (NH, triton.cdiv(B, settings["BB"])), settings
+
+
 def _launch_forward(gates_x, R, initial_state, mask, resident: bool, save: bool):
-    """The forward kernel on contiguous inputs in the kernels' dtypes; with `save`, also the state (c, n, m) after
-    every step, (B, S, NH, DH) float32 each, for the backward."""
+    """The forward kernel on contiguous inputs in the kernels' dtypes (`mask` int8 or None); with `save`, also the
+    state (c, n, m) after every step, (B, S, NH, DH) float32 each, for the backward."""
     B, S, _, NH, DH = gates_x.shape
     out = gates_x.new_empty(B, S, NH, DH)
     saved = tuple(gates_x.new_empty(B, S, NH, DH, dtype=torch.float32) for _ in range(3)) if save else (out,) * 3
-    mask_arg = mask.to(torch.int8).contiguous() if mask is not None else out  # unused without a mask
-    block_b, ieee, has_mask = 16, gates_x.dtype == torch.float32, mask is not None
+    mask_arg = mask if mask is not None else out  # not read without a mask
+    grid, settings = _launch_settings(gates_x, mask, resident)
     if resident:
         final_state = tuple(torch.empty_like(s) for s in initial_state)
-        block_d = max(16, triton.next_power_of_2(DH))
-        _slstm_forward[(NH, triton.cdiv(B, block_b))](
-            gates_x, R, *initial_state, mask_arg, out, *final_state, *saved, B, S,
-            NH=NH, DH=DH, BD=block_d, BB=block_b, HAS_MASK=has_mask, SAVE=save, IEEE=ieee,
-            num_warps=4 if block_d <= 32 else 8,
-        )
+        _slstm_forward[grid](gates_x, R, *initial_state, mask_arg, out, *final_state, *saved, B, S, SAVE=save,
+                             **settings)
     else:
         h0, c, n, m = initial_state
         c, n, m = c.clone(), n.clone(), m.clone()  # updated in place
-        block_e = max(16, min(64, triton.next_power_of_2(DH)))
-        _slstm_forward_streamed[(NH, triton.cdiv(B, block_b))](
-            gates_x, R, h0, mask_arg, out, c, n, m, *saved, B, S,
-            NH=NH, DH=DH, BE=block_e, BB=block_b, HAS_MASK=has_mask, SAVE=save, IEEE=ieee, num_warps=4,
-        )
+        _slstm_forward_streamed[grid](gates_x, R, h0, mask_arg, out, c, n, m, *saved, B, S, SAVE=save, **settings)
         final_state = (out[:, -1].to(torch.float32, copy=True) if S else h0.clone(), c, n, m)
     return out, final_state, saved if save else None
 
@@ -390,17 +395,14 @@ class _SLSTMFunction(torch.autograd.Function):
         h_prev = torch.cat([h0.to(out.dtype)[:, None], out], dim=1)[:, :S].float()
         gates = (gates_x.float() + torch.einsum("bshd,hdge->bsghe", h_prev, R.float())).contiguous()
         d_state = tuple(d.float().clone(memory_format=torch.contiguous_format) for d in d_final)
-        mask_arg = mask.to(torch.int8).contiguous() if mask is not None else out  # unused without a mask
-        common = dict(NH=NH, DH=DH, BB=16, HAS_MASK=mask is not None, IEEE=gates_x.dtype == torch.float32)
+        mask_arg = mask if mask is not None else out  # not read without a mask
         args = (gates, R, c0, n0, m0, c_seq, n_seq, m_seq, mask_arg, d_out.contiguous(), *d_state, B, S)
-        grid = (NH, triton.cdiv(B, 16))
+        grid, settings = _launch_settings(gates_x, mask, ctx.resident)
         if ctx.resident:
-            block_d = max(16, triton.next_power_of_2(DH))
             # One stage: prefetching the next step's tiles would not leave room for R^T (bf16, DH = 128) on sm_90.
-            _slstm_backward[grid](*args, BD=block_d, num_warps=4 if block_d <= 32 else 8, num_stages=1, **common)
+            _slstm_backward[grid](*args, num_stages=1, **settings)
         else:
-            _slstm_backward_streamed[grid](*args, BE=max(16, min(64, triton.next_power_of_2(DH))), num_warps=4,
-                                           **common)
+            _slstm_backward_streamed[grid](*args, **settings)
         d_R = torch.einsum("bshd,bsghe->hdge", h_prev, gates) if ctx.needs_input_grad[1] else None
         grads = (d_R, *d_state)
         grads = tuple(None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.input_dtypes))
@@ -427,6 +429,7 @@ def slstm_triton(
     elif resident and DH > widest:  # on an H100 this gave wrong gradients (fp32, head dim 80)
         raise ValueError(f"resident=True needs heads of at most {widest} for {gates_x.dtype}, got head dim {DH}")
     gates_x = gates_x.contiguous()
+    mask = mask.to(torch.int8).contiguous() if mask is not None else None  # as the kernels read it
     if initial_state is None:
         initial_state = tuple(gates_x.new_zeros(B, NH, DH, dtype=torch.float32) for _ in range(4))
     if torch.is_grad_enabled() and any(x.requires_grad for x in (gates_x, R, *initial_state)):
