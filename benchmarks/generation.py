@@ -22,7 +22,9 @@ A prompt length of 0 means one BOS token. `--tiny` runs small configs on the CPU
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import sys
 import time
 
@@ -193,15 +195,29 @@ def profile(run: Runner, length: int, new_tokens: int = 33) -> None:
               f" ms (profiled), {kernels} GPU kernels")
         print(events.table(sort_by="self_device_time_total", row_limit=25))
     if run.variant.startswith("xlstm_hf") and run.device == "cuda":
-        decode_overheads(run)
+        host_overheads(run, length)
 
 
-def decode_overheads(run: Runner, steps: int = 100) -> None:
-    """Per-token decode time outside generate(): forward calls back to back (the GPU's pace, host work
-    overlapped), with a synchronisation after each (host and GPU in series, as generate() runs them)."""
+def host_overheads(run: Runner, length: int, steps: int = 100) -> None:
+    """Host against GPU outside generate(): how long a prefill of `length` tokens takes the host to queue and the
+    GPU to finish (equal: the launches bound it); per-token decode time with forward calls back to back (the GPU's
+    pace, host work overlapped) and with a synchronisation after each (host and GPU in series)."""
     model = run.model
-    ids = run.ids(1, 16)
     with torch.no_grad():
+        prompt = run.ids(1, length)
+        for _ in range(2):  # the first call builds
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(prompt, logits_to_keep=1)
+            queued = time.perf_counter()
+            torch.cuda.synchronize()
+        print(f"prefill {run.variant}: {length} tokens queued in {1000 * (queued - start):.1f} ms, done in "
+              f"{1000 * (time.perf_counter() - start):.1f} ms")
+        with cProfile.Profile() as host:
+            seconds = run.generate(prompt, 1)["seconds"]
+        print(f"generate {run.variant}: {length} tokens, 1 new, {1000 * seconds:.1f} ms; host time by function:")
+        pstats.Stats(host).sort_stats("tottime").print_stats(12)
+        ids = run.ids(1, 16)
         cache = model(ids).cache
         token = ids[:, -1:]
         for sync in (False, True):

@@ -195,7 +195,8 @@ def sweep(args) -> None:
     fields = [
         ("state", [dict(), dict(state_bk=32, state_bv=64, state_warps=2, bw_state_warps=2),
                    dict(state_bk=64, state_bv=64), dict(state_warps=8), dict(bw_state_warps=4),
-                   dict(state_bk=128, state_bv=128, state_warps=8), dict(state_stages=3)]),
+                   dict(state_bk=128, state_bv=128, state_warps=8), dict(state_stages=3),
+                   dict(state_bk=64, state_bv=64, state_stages=3), dict(state_bk=32, state_bv=128)]),
         ("out", [dict(out_bv=256), dict(out_bt=128, out_bv=128), dict(out_bt=128, out_bv=256),
                  dict(out_bv=128, out_warps=4), dict(out_stages=2), dict(out_stages=4)]),
         ("grad", [dict(grad_bt=128, grad_warps=8), dict(grad_bt=64, grad_bk=64, grad_bv=128, grad_warps=8)]),

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import xlstm_hf
 from helpers import random_ids, tiny_model
 from xlstm_hf.modeling_xlstm import XLSTMMultiHeadLayerNorm, XLSTMRMSNorm, soft_cap
+from xlstm_hf.packing import packed
 
 pytest.importorskip("triton")
 from xlstm_hf.kernels import elementwise_triton as fused  # noqa: E402
@@ -99,10 +100,14 @@ def test_the_model_takes_the_fused_path_in_inference_and_matches_the_modules(tri
     mask = torch.ones_like(ids)
     mask[0, :5] = 0
     block = model.backbone.blocks[0]
+    weights = {name: p.clone() for name, p in model.state_dict().items()}
     with torch.no_grad():
         assert block.fused_inference(torch.zeros(1, device=DEVICE))
         prefill = model(ids[:, :-1], attention_mask=mask[:, :-1])
         step = model(ids[:, -1:], attention_mask=mask, cache=prefill.cache)
+    # The fused path packed each group of projections into one buffer, values unchanged.
+    assert packed(block.mlstm_layer.projections()) is not None and packed(block.ffn.up_projections()) is not None
+    assert all(torch.equal(p, weights[name]) for name, p in model.state_dict().items())
     with torch.enable_grad():
         assert not block.fused_inference(torch.zeros(1, device=DEVICE))  # training keeps autograd's modules
     xlstm_hf.set_kernel_backend("torch")

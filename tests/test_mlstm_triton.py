@@ -120,9 +120,15 @@ def test_chunkwise_7b_shapes_float32_left_padded(with_state):
 @pytest.mark.parametrize("DQK, DV, state_dtype", [(16, 16, torch.float32), (24, 40, torch.float32),
                                                    (32, 64, torch.bfloat16)] + ([(256, 512, torch.float32)]
                                                                                 if GPU else []))
-def test_step_updates_the_state_in_place(DQK, DV, state_dtype):
+@pytest.mark.parametrize("strided", [False, True])
+def test_step_updates_the_state_in_place(DQK, DV, state_dtype, strided):
     inputs, state = make_inputs(3, 2, 1, DQK, DV, torch.float32)
     q, k, v, i, f = (x[:, :, 0] for x in inputs)
+    if strided:  # views of one projection's output, as the packed projections of the model give them
+        projection = torch.cat([x.flatten(1) for x in (q, k, v, i, f)], dim=1)
+        q, k, v, i, f = (part.view(x.shape) for part, x in zip(
+            projection.split([x[0].numel() for x in (q, k, v, i, f)], dim=1), (q, k, v, i, f)))
+        assert not q.is_contiguous()
     state = tuple(s.to(state_dtype).contiguous() for s in state)
     expected_h, expected_state = mlstm_recurrent_step(*(x.double() for x in (q, k, v, i, f)),
                                                       tuple(s.double() for s in state))

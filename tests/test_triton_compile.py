@@ -58,7 +58,7 @@ JOBS = [
     (mlstm_triton, "_prepare_gates", dict(NH=8, L=128), "bf16", {}),
     *mlstm_chunkwise_jobs("bf16"),
     *mlstm_chunkwise_jobs("fp32"),  # a model loaded in float32 runs them at the 7B's head dims too
-    (mlstm_triton, "_step", dict(DQK=256, DV=512, BK=256, BV=64), "bf16", {}),
+    (mlstm_triton, "_step", dict(NH=8, DQK=256, DV=512, BK=256, BV=64), "bf16", {}),
     (mlstm_triton, "_denominator_grads", dict(NH=8, D=512, BR=64, BD=128), "bf16", {}),
     (mlstm_triton, "_gate_grads", dict(NH=8, TILES=2, BLOCK=mlstm_triton.TILING.gate_block, HAS_INITIAL=True,
                                        HAS_FINAL=True, HAS_DM=True), "bf16", dict(num_warps=4)),

@@ -22,7 +22,9 @@ from transformers.utils.deprecation import deprecate_kwarg
 from .cache_xlstm import XLSTMCache
 from .configuration_xlstm import XLSTMConfig
 from .decode_graph import DecodeGraph
+from .deferred_stop import deferred_stop_checks
 from .kernels import MLSTMState, mlstm, pad_gates, resolve_backend
+from .packing import packed_or_pack
 
 
 def elementwise_triton():
@@ -83,8 +85,16 @@ class XLSTMFeedForward(nn.Module):
         self.proj_down = nn.Linear(config.ffn_dim, config.hidden_size, bias=bias)
         self.proj_down.init_role = "residual_out"
 
+    def up_projections(self) -> list[nn.Linear]:
+        """The gate and up projections, in this order (one layer in the fused layout)."""
+        return [self.proj_up_gate, self.proj_up] if self.weight_mode == "single" else [self.proj_up_gate_z]
+
     def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
-        if self.weight_mode == "single":
+        """`fused`: inference on the fused kernels, with the up projections as one GEMM (see `xlstm_hf.packing`)."""
+        weights = packed_or_pack(self.up_projections()) if fused else None
+        if weights is not None:
+            gate, z = F.linear(x, *weights).split(self.ffn_dim, dim=-1)
+        elif self.weight_mode == "single":
             gate, z = self.proj_up_gate(x), self.proj_up(x)
         else:
             gate, z = self.proj_up_gate_z(x).split(self.ffn_dim, dim=-1)
@@ -98,6 +108,9 @@ class XLSTMLayer(nn.Module):
         super().__init__()
         self.config = config
         self.num_heads, self.qk_dim, self.v_dim = config.num_heads, config.qk_dim, config.v_dim
+        # Read on every forward: plain attributes cost a fraction of a config lookup (prefill at 2K is host-bound).
+        self.gate_soft_cap, self.chunk_size, self.eps = config.gate_soft_cap, config.chunk_size, config.eps
+        self.weight_mode = config.weight_mode
         hidden, bias = config.hidden_size, config.use_bias
         if config.weight_mode == "single":
             self.q = nn.Linear(hidden, self.qk_dim, bias=bias)
@@ -117,9 +130,20 @@ class XLSTMLayer(nn.Module):
         self.out_proj = nn.Linear(self.v_dim, hidden, bias=bias)
         self.out_proj.init_role = "residual_out"
 
-    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """q, k, v, output-gate and (i, f) gate pre-activations (not yet soft-capped), each (B, S, ...)."""
-        if self.config.weight_mode == "single":
+    def projections(self) -> list[nn.Linear]:
+        """The input projections, in the order of `project`'s results (two layers in the fused layout)."""
+        if self.weight_mode == "single":
+            return [self.q, self.k, self.v, self.ogate_preact, self.igate_preact, self.fgate_preact]
+        return [self.qkv_opreact, self.ifgate_preact]
+
+    def project(self, x: torch.Tensor, packed: bool = False) -> tuple[torch.Tensor, ...]:
+        """q, k, v, output-gate and (i, f) gate pre-activations (not yet soft-capped), each (B, S, ...). `packed`:
+        as one GEMM over the projections packed into one buffer, where they can be (inference only)."""
+        weights = packed_or_pack(self.projections()) if packed else None
+        if weights is not None:
+            sizes = [self.qk_dim, self.qk_dim, self.v_dim, self.v_dim, self.num_heads, self.num_heads]
+            return F.linear(x, *weights).split(sizes, dim=-1)
+        if self.weight_mode == "single":
             q, k, v, o = self.q(x), self.k(x), self.v(x), self.ogate_preact(x)
             i, f = self.igate_preact(x), self.fgate_preact(x)
         else:
@@ -129,12 +153,13 @@ class XLSTMLayer(nn.Module):
 
     def forward(
         self, x: torch.Tensor, state: MLSTMState | None = None, mask: torch.Tensor | None = None,
-        fused: bool = False,
+        fused: bool = False, backend: str | None = None,
     ) -> tuple[torch.Tensor, MLSTMState]:
-        """`fused`: the elementwise work on the fused inference kernels (see `XLSTMBlock.forward`)."""
+        """`fused`: the elementwise work on the fused inference kernels (see `XLSTMBlock.forward`); `backend`: the
+        cell's kernels, "torch" or "triton" (by default resolved from the config, see `xlstm_hf.kernels.backend`)."""
         B, S, _ = x.shape
-        q, k, v, o, i, f = self.project(x)
-        cap = self.config.gate_soft_cap
+        q, k, v, o, i, f = self.project(x, packed=fused)
+        cap = self.gate_soft_cap
         if fused:
             i, f = elementwise_triton().soft_cap_gates(i, f, cap, mask)
         else:
@@ -142,8 +167,8 @@ class XLSTMLayer(nn.Module):
         heads = lambda t: t.view(B, S, self.num_heads, -1).transpose(1, 2)  # noqa: E731
         h, state = mlstm(
             heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2), state,
-            chunk_size=self.config.chunk_size, eps=self.config.eps,
-            backend=resolve_backend(x.device, self.config.kernel_preference),
+            chunk_size=self.chunk_size, eps=self.eps,
+            backend=backend or resolve_backend(x.device, self.config.kernel_preference),
         )
         if fused:
             norm = self.multihead_norm
@@ -164,30 +189,30 @@ class XLSTMBlock(GradientCheckpointingLayer):
         self.mlstm_layer = XLSTMLayer(config)
         self.norm_ffn = norm()
         self.ffn = XLSTMFeedForward(config)
+        self.fused_layout = not config.use_bias and config.norm_reduction_force_float32  # what the kernels do
 
     def forward(
         self, x: torch.Tensor, state: MLSTMState | None = None, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, MLSTMState]:
-        if self.fused_inference(x):
+        backend = resolve_backend(x.device, self.mlstm_layer.config.kernel_preference)
+        if self.fused_inference(x, backend):
             kernels = elementwise_triton()
             normed, _ = kernels.rms_norm(x, self.norm_mlstm.weight, self.norm_mlstm.eps)
-            y, state = self.mlstm_layer(normed, state, mask, fused=True)
+            y, state = self.mlstm_layer(normed, state, mask, fused=True, backend=backend)
             normed, x = kernels.rms_norm(y, self.norm_ffn.weight, self.norm_ffn.eps, residual=x)  # x + y, normed
             return x + self.ffn(normed, fused=True), state
-        y, state = self.mlstm_layer(self.norm_mlstm(x), state, mask)
+        y, state = self.mlstm_layer(self.norm_mlstm(x), state, mask, backend=backend)
         x = x + y
         x = x + self.ffn(self.norm_ffn(x))
         return x, state
 
-    def fused_inference(self, x: torch.Tensor) -> bool:
+    def fused_inference(self, x: torch.Tensor, backend: str | None = None) -> bool:
         """Whether this step can run its elementwise work on the fused Triton kernels: inference (no autograd) on
-        the Triton backend, in the weights' dtype, without biases (the 7B's layout; anything else takes the
-        modules' PyTorch path)."""
-        config = self.mlstm_layer.config
+        the Triton backend (`backend`, else resolved from the config), in the weights' dtype, without biases (the
+        7B's layout; anything else takes the modules' PyTorch path)."""
         return (
-            not torch.is_grad_enabled() and not config.use_bias and config.norm_reduction_force_float32
-            and x.dtype == self.norm_mlstm.weight.dtype
-            and resolve_backend(x.device, config.kernel_preference) == "triton"
+            self.fused_layout and not torch.is_grad_enabled() and x.dtype == self.norm_mlstm.weight.dtype
+            and (backend or resolve_backend(x.device, self.mlstm_layer.config.kernel_preference)) == "triton"
         )
 
 
@@ -396,6 +421,14 @@ class XLSTMModel(XLSTMPreTrainedModel):
             hidden_states=tuple(torch.cat(h, 1) for h in hidden_states) if output_hidden_states else None,
         )
 
+    def pack_projections(self) -> None:
+        """Make each layer's input projections, and its FFN's up projections, views of one buffer, so that each group
+        runs as one GEMM (see `xlstm_hf.packing`); inference on the fused kernels does this on its first call. Values,
+        parameter names and the state dict stay the same."""
+        for block in self.blocks:
+            packed_or_pack(block.mlstm_layer.projections())
+            packed_or_pack(block.ffn.up_projections())
+
     def decode_step(self, input_ids: torch.LongTensor, mask: torch.Tensor, cache: XLSTMCache) -> torch.Tensor:
         """One token per row, continuing `cache`, with no host synchronisation (so a CUDA graph can capture it):
         no input checks, and `mask` (B, 1) bool applied as given. Returns the output-normed hidden state (B, 1, H)
@@ -412,8 +445,16 @@ class RecurrentGenerationMixin(GenerationMixin):
     front (`new_generation_cache`), only the new tokens fed, the attention mask passed whole (its tail marks
     padding)."""
 
+    # Devices on which transformers' sampling loop reads its stop flag one step late instead of waiting for every
+    # token (see `deferred_stop`); () keeps transformers' own choice.
+    deferred_stop_devices: tuple[str, ...] = ("cuda",)
+
     def new_generation_cache(self, batch_size: int) -> Cache:
         raise NotImplementedError
+
+    def _sample(self, *args, **kwargs):
+        with deferred_stop_checks(self.deferred_stop_devices):
+            return super()._sample(*args, **kwargs)
 
     def _lm_output(self, outputs: BaseModelOutputWithPast, logits: torch.Tensor, labels: torch.LongTensor | None,
                   **kwargs) -> CausalLMOutputWithPast:
@@ -584,6 +625,7 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
         if graph is None or graph.weights.moved(lambda: list(self.parameters())):
             if graph is None and len(self._decode_graphs) >= self.max_decode_graphs:
                 self._decode_graphs.pop(next(iter(self._decode_graphs)))
+            self.backbone.pack_projections()  # the step packs them otherwise, moving the weights after capture
             step = lambda ids, mask: self._head(self.backbone.decode_step(ids, mask, cache))  # noqa: E731
             graph = self._decode_graphs[key] = DecodeGraph(step, cache, list(self.parameters()), input_ids.device)
         graph.state.lend(cache)

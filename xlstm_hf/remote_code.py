@@ -17,6 +17,8 @@ FILES = {
     "modeling_xlstm.py": "modeling_xlstm.py",
     "cache_xlstm.py": "cache_xlstm.py",
     "decode_graph.py": "decode_graph.py",
+    "deferred_stop.py": "deferred_stop.py",
+    "packing.py": "packing.py",
     "hub.py": "hub.py",  # XLSTMForCausalLM.push_to_hub imports it
     "training.py": "training.py",
     "kernels/__init__.py": "xlstm_kernels.py",

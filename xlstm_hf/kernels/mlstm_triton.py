@@ -393,25 +393,28 @@ def _bw_dv(
 @triton.jit
 def _step(
     Q, K, V, I_gate, F_gate, C, N_old, M_old, N, M, H,
+    s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ib, s_ih, s_fb, s_fh,
     scale, eps,
-    DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    NH: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
     """One token: C, n, m updated in place, h returned. One program per (batch*head, v tile); every program reads
-    n and m from a snapshot (N_old, M_old), since the first one writes the new values in place."""
+    n and m from a snapshot (N_old, M_old), since the first one writes the new values in place. q, k, v, i and f
+    may be strided over batch and head (views of one projection's output)."""
     pid_bh, pid_v = tl.program_id(0), tl.program_id(1)
+    b, h = pid_bh // NH, pid_bh % NH
     offs_k = tl.arange(0, BK)
     offs_v = pid_v * BV + tl.arange(0, BV)
     mask_k, mask_v = offs_k < DQK, offs_v < DV
-    f = tl.load(F_gate + pid_bh).to(tl.float32)
-    i = tl.load(I_gate + pid_bh).to(tl.float32)
+    f = tl.load(F_gate + b * s_fb + h * s_fh).to(tl.float32)
+    i = tl.load(I_gate + b * s_ib + h * s_ih).to(tl.float32)
     m = tl.load(M_old + pid_bh).to(tl.float32)
     log_f = tl.minimum(f, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f)))  # logsigmoid, stable both ways
     m_new = tl.maximum(log_f + m, i)
     decay = tl.exp(log_f + m - m_new)
     gain = tl.exp(i - m_new)
-    q = tl.load(Q + pid_bh * DQK + offs_k, mask=mask_k, other=0.0).to(tl.float32) * scale
-    k = tl.load(K + pid_bh * DQK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-    v = tl.load(V + pid_bh * DV + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+    q = tl.load(Q + b * s_qb + h * s_qh + offs_k, mask=mask_k, other=0.0).to(tl.float32) * scale
+    k = tl.load(K + b * s_kb + h * s_kh + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+    v = tl.load(V + b * s_vb + h * s_vh + offs_v, mask=mask_v, other=0.0).to(tl.float32)
     n = tl.load(N_old + pid_bh * DQK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
     n = decay * n + gain * k
     c_ptrs = C + pid_bh * DQK * DV + offs_k[:, None] * DV + offs_v[None, :]
@@ -439,13 +442,13 @@ class Tiling:
     """Block sizes and launch settings. `state_*`: the recurrent kernels (forward and backward; `bw_state_warps`
     the backward's warps), `out_*`: the forward's output kernel, `grad_*`: the dq/dk/dv kernels, `gate_block`: the
     positions per step of the gate-gradient scan. Block sizes are capped to the head dims. The defaults are the fastest
-    of `benchmarks/kernels.py --sweep` at the 7B's shapes on an H100 (S 8K and 32K; docs/benchmarks.md), in bf16; the
-    launches use `for_dtype`.
+    of `benchmarks/kernels.py --sweep` at the 7B's shapes on an H100 (S 8K and 32K; docs/benchmarks.md), in bf16,
+    except `state_warps`: 8 from the sweep on an H200 (4 on the H100); the launches use `for_dtype`.
     """
 
     state_bk: int = 64
     state_bv: int = 128
-    state_warps: int = 4
+    state_warps: int = 8
     bw_state_warps: int = 8
     state_stages: int = 2
     out_bt: int = 64
@@ -795,11 +798,12 @@ def mlstm_step_triton(
     DV = v.shape[-1]
     if not (C.is_contiguous() and n.is_contiguous() and m.is_contiguous()):
         raise ValueError("mlstm_step_triton updates the state in place: C, n and m must be contiguous")
-    q, k, v, i, f = (x.contiguous() for x in (q, k, v, i, f))
-    h = torch.empty_like(v)
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    h = torch.empty(B, NH, DV, device=v.device, dtype=v.dtype)
     BV = min(64, _pow2(DV))
     _step[(B * NH, triton.cdiv(DV, BV))](
-        q, k, v, i, f, C, n.clone(), m.clone(), n, m, h, DQK**-0.5, eps,
-        DQK=DQK, DV=DV, BK=_pow2(DQK), BV=BV,
+        q, k, v, i, f, C, n.clone(), m.clone(), n, m, h,
+        *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *i.stride(), *f.stride(), DQK**-0.5, eps,
+        NH=NH, DQK=DQK, DV=DV, BK=_pow2(DQK), BV=BV,
     )
     return h, (C, n, m)
