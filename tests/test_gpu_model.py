@@ -126,4 +126,3 @@ def test_7b_greedy_tokens_fast_path_vs_reference_path():
     xlstm_hf.set_kernel_backend("torch")
     reference = model.generate(ids, **kwargs, disable_compile=True)  # no torch.compile of the reference either
     assert torch.equal(fast, reference)
-
