@@ -108,7 +108,7 @@ class XLSTMLayer(nn.Module):
         super().__init__()
         self.config = config
         self.num_heads, self.qk_dim, self.v_dim = config.num_heads, config.qk_dim, config.v_dim
-        # Read on every forward: plain attributes cost a fraction of a config lookup (prefill at 2K is host-bound).
+        # Read on every forward: plain attributes cost a fraction of a config lookup (a 2K prefill was host-bound).
         self.gate_soft_cap, self.chunk_size, self.eps = config.gate_soft_cap, config.chunk_size, config.eps
         self.weight_mode = config.weight_mode
         hidden, bias = config.hidden_size, config.use_bias
