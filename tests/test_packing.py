@@ -86,3 +86,12 @@ def test_layers_that_do_not_own_their_storage_or_are_wrapped_stay_as_they_are():
     pointers = [c.weight.data_ptr(), d.weight.data_ptr()]
     assert not pack([c, d]) and [c.weight.data_ptr(), d.weight.data_ptr()] == pointers
     assert not pack([nn.Linear(4, 4), nn.Linear(5, 4)])  # different input sizes
+
+
+def test_nothing_is_packed_while_torch_compile_traces(monkeypatch):
+    group = tiny_model().backbone.blocks[0].mlstm_layer.projections()
+    pointers = [linear.weight.data_ptr() for linear in group]
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert packed_or_pack(group) is None and [linear.weight.data_ptr() for linear in group] == pointers
+    monkeypatch.undo()
+    assert packed_or_pack(group) is not None

@@ -453,6 +453,7 @@ class RecurrentGenerationMixin(GenerationMixin):
         raise NotImplementedError
 
     def _sample(self, *args, **kwargs):
+        """transformers' greedy / sampling loop, reading its stop flag a step late on `deferred_stop_devices`."""
         with deferred_stop_checks(self.deferred_stop_devices):
             return super()._sample(*args, **kwargs)
 

@@ -41,8 +41,8 @@ def packed(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]
             return None
         starts.append(starts[-1] + weight.shape[0])
     total = starts.pop()
-    biased = [(rows, linear._parameters.get("bias")) for rows, linear in zip(starts, linears)]
-    biased = [(rows, bias) for rows, bias in biased if bias is not None]
+    biases = (linear._parameters.get("bias") for linear in linears)
+    biased = [(rows, bias) for rows, bias in zip(starts, biases) if bias is not None]
     weight = first.detach().as_strided((total, width), (width, 1))
     if not biased:
         return weight, None
@@ -86,7 +86,8 @@ def packed_or_pack(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor
     """:func:`packed`, packing first where it can: never while a CUDA graph is being captured (the copies would only
     be recorded) or torch.compile traces."""
     result = packed(linears)
-    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-    if result is None and not capturing and not torch.compiler.is_compiling() and pack(linears):
-        result = packed(linears)
-    return result
+    if result is not None or torch.compiler.is_compiling():
+        return result
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return None
+    return packed(linears) if pack(linears) else None
