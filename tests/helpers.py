@@ -21,7 +21,7 @@ def perturb_gates(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "gate_preact" in name and "ogate" not in name:
-                noise = torch.randn(p.shape, generator=gen)
+                noise = torch.randn(p.shape, generator=gen).to(p.device)
                 p.copy_(noise * 0.1 if name.endswith("weight") else p * 0.2 + noise)
     return model
 
@@ -120,3 +120,21 @@ def make_tokenizer():
         "{% endfor %}{% if add_generation_prompt %}<assistant> {% endif %}"
     )
     return tokenizer
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+KERNEL_DTYPES = [torch.bfloat16] if DEVICE == "cuda" else [torch.float32, torch.float16]  # interpreter: no bf16 dot
+
+
+def close(ours: torch.Tensor, ref: torch.Tensor, steps: float = 1.0) -> None:
+    """Equal up to `steps` rounding steps of the dtype, relative to max(|ref|, 1) (fused kernels round where the
+    modules do; exp and tanh may differ in the last float32 bit, which a rounding to a short dtype can carry)."""
+    tol = steps * {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[ref.dtype]
+    assert ours.dtype == ref.dtype and ours.shape == ref.shape
+    err = ((ours.float() - ref.float()).abs() / ref.float().abs().clamp_min(1)).max().item()
+    assert err <= tol, err
+
+
+def randn(*shape, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+    """Normal values on DEVICE, the same for the same shape."""
+    return (torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape))) * scale).to(DEVICE, dtype)

@@ -6,28 +6,12 @@ import torch
 import torch.nn.functional as F
 
 import xlstm_hf
-from helpers import random_ids, tiny_model
+from helpers import DEVICE, KERNEL_DTYPES as DTYPES, close, random_ids, randn, tiny_model
 from xlstm_hf.modeling_xlstm import XLSTMMultiHeadLayerNorm, XLSTMRMSNorm, soft_cap
 from xlstm_hf.packing import packed
 
 pytest.importorskip("triton")
 from xlstm_hf.kernels import elementwise_triton as fused  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = [torch.bfloat16] if DEVICE == "cuda" else [torch.float32, torch.float16]  # interpreter: no bf16
-
-
-def close(ours, ref):
-    """Equal up to one rounding step of the dtype (the kernels round where the modules do; exp and tanh may
-    differ in the last float32 bit, which a rounding to a short dtype can carry)."""
-    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[ref.dtype]
-    assert ours.dtype == ref.dtype and ours.shape == ref.shape
-    err = ((ours.float() - ref.float()).abs() / ref.float().abs().clamp_min(1)).max().item()
-    assert err <= tol, err
-
-
-def randn(*shape, dtype, scale=1.0):
-    return (torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape))) * scale).to(DEVICE, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -84,13 +68,6 @@ def test_soft_cap_gates_and_the_padding_mask(dtype, with_mask):
         ours_i, ours_f, ref_i, ref_f = ours_i[keep], ours_f[keep], ref_i[keep], ref_f[keep]
     close(ours_i, ref_i)
     close(ours_f, ref_f)
-
-
-@pytest.fixture
-def triton_backend():
-    xlstm_hf.set_kernel_backend("triton")  # explicit: the interpreter runs it on the CPU
-    yield
-    xlstm_hf.set_kernel_backend(None)
 
 
 @pytest.mark.parametrize("weight_mode", ["single", "fused"])

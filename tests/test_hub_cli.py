@@ -71,8 +71,17 @@ REMOTE_LOAD = textwrap.dedent("""
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
     assert type(model).__module__.startswith("transformers_modules"), type(model)
+    ids = torch.load(sys.argv[2])
     with torch.no_grad():
-        torch.save(model(torch.load(sys.argv[2])).logits, sys.argv[3])
+        torch.save(model(ids).logits, sys.argv[3])
+    # The fused inference kernels resolve in the flat bundle too, and a prefill and a step on them (the CPU runs
+    # them in Triton's interpreter) give the reference's logits.
+    package = type(model).__module__.rsplit(".", 1)[0]
+    __import__(package + ".xlstm_kernels", fromlist=["set_backend"]).set_backend("triton")
+    sys.modules[type(model).__module__].fused_kernels()
+    with torch.no_grad():
+        prefill = model(ids[:, :-1])
+        torch.save(model(ids[:, -1:], cache=prefill.cache).logits, sys.argv[4])
 """)
 
 
@@ -85,9 +94,13 @@ def test_remote_code_bundle_runs_without_xlstm_hf(tmp_path):
     torch.save(ids, tmp_path / "ids.pt")
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
     run = subprocess.run([sys.executable, "-c", REMOTE_LOAD, str(folder), str(tmp_path / "ids.pt"),
-                          str(tmp_path / "out.pt")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+                          str(tmp_path / "out.pt"), str(tmp_path / "step.pt")], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert torch.equal(torch.load(tmp_path / "out.pt"), logits(model, ids))
+    with torch.no_grad():
+        step = model(ids[:, -1:], cache=model(ids[:, :-1]).cache).logits
+    assert (torch.load(tmp_path / "step.pt") - step).abs().max() < 1e-4
 
 
 def test_weight_mode_conversion_both_ways():

@@ -15,13 +15,14 @@ import torch
 triton = pytest.importorskip("triton")
 GPUTarget = pytest.importorskip("triton.backends.compiler").GPUTarget
 
-from xlstm_hf.kernels import elementwise_triton, mlstm_triton, slstm_triton  # noqa: E402
+from xlstm_hf.kernels import decode_triton, elementwise_triton, mlstm_triton, slstm_triton  # noqa: E402
 
 # The pointers to the model's data (bf16 in the 7B), per module; the others (states, gates, statistics) are fp32.
 DATA_POINTERS = {
     mlstm_triton: {"Q", "K", "V", "H", "DH", "DQ", "DK", "DV_out", "C_states", "DC_states", "F_in", "I_in"},
     elementwise_triton: {"X", "Y", "RES", "W", "OUT", "SUM", "O", "G", "Z", "I", "F", "I_OUT", "F_OUT"},
     slstm_triton: {"GX", "R", "OUT", "DOUT"},
+    decode_triton: {"X", "W", "BIAS", "Y", "RES"},
 }
 INTEGERS = {"B", "S", "NC", "S_pad"}  # capitalised, yet sizes rather than tensors
 FLOATS = {"scale", "eps", "cap"}
@@ -53,6 +54,15 @@ def mlstm_chunkwise_jobs(data: str) -> list[tuple]:
     ]
 
 
+def decode_job(rows: int, outputs: int, epilogue: int) -> tuple:
+    """The decode GEMV as launched for `rows` rows and `outputs` outputs of a 7B projection (epilogue 0: bias,
+    1: residual, 2: gated)."""
+    tiling = decode_triton.SKINNY_TILING
+    bm, bn, bk, stages = tiling.launch(rows, outputs, epilogue == 2, 2)
+    constexprs = dict(HAS_BIAS=epilogue == 0, EPILOGUE=epilogue, BM=bm, BN=bn, BK=bk, IEEE=False)
+    return decode_triton, "_skinny_linear", constexprs, "bf16", dict(num_warps=tiling.warps, num_stages=stages)
+
+
 # (module, kernel, constexprs, dtype of the data pointers, launch options)
 JOBS = [
     (mlstm_triton, "_prepare_gates", dict(NH=8, L=128), "bf16", {}),
@@ -66,6 +76,9 @@ JOBS = [
     (elementwise_triton, "_head_norm_gate", dict(BD=512), "bf16", {}),
     (elementwise_triton, "_silu_mul", dict(BD=2048), "bf16", {}),
     (elementwise_triton, "_soft_cap_gates", dict(HAS_MASK=True, BN=1024), "bf16", {}),
+    (elementwise_triton, "_step_gates", dict(HAS_MASK=True, BK=256), "bf16", dict(num_warps=1)),
+    *(decode_job(rows, outputs, epilogue) for rows in (1, 32, 64)
+      for outputs, epilogue in ((12296, 0), (4096, 1), (10944, 2))),
     slstm_job("_slstm_forward", 64, "fp32", 8, 3),
     slstm_job("_slstm_forward", 128, "bf16", 8, 3),
     slstm_job("_slstm_forward_streamed", 192, "fp32", 4, 3),

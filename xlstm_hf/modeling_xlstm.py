@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
@@ -27,11 +29,14 @@ from .kernels import MLSTMState, mlstm, pad_gates, resolve_backend
 from .packing import packed_or_pack
 
 
-def elementwise_triton():
-    """The fused inference kernels (imported on first use: Triton is optional)."""
-    from .kernels import elementwise_triton as module
+@functools.cache
+def fused_kernels() -> SimpleNamespace:
+    """The Triton kernels of the fused inference paths, imported on first use (Triton is optional)."""
+    from .kernels.decode_triton import MAX_ROWS, skinny_linear  # noqa: F401
+    from .kernels.elementwise_triton import head_norm_gate, rms_norm, silu_mul, soft_cap_gates, step_gates  # noqa: F401
+    from .kernels.mlstm_triton import mlstm_step_triton  # noqa: F401
 
-    return module
+    return SimpleNamespace(**locals())
 
 
 def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
@@ -98,7 +103,7 @@ class XLSTMFeedForward(nn.Module):
             gate, z = self.proj_up_gate(x), self.proj_up(x)
         else:
             gate, z = self.proj_up_gate_z(x).split(self.ffn_dim, dim=-1)
-        return self.proj_down(elementwise_triton().silu_mul(gate, z) if fused else F.silu(gate) * z)
+        return self.proj_down(fused_kernels().silu_mul(gate, z) if fused else F.silu(gate) * z)
 
 
 class XLSTMLayer(nn.Module):
@@ -111,6 +116,7 @@ class XLSTMLayer(nn.Module):
         # Read on every forward: plain attributes cost a fraction of a config lookup (a 2K prefill was host-bound).
         self.gate_soft_cap, self.chunk_size, self.eps = config.gate_soft_cap, config.chunk_size, config.eps
         self.weight_mode = config.weight_mode
+        self.projection_sizes = [self.qk_dim, self.qk_dim, self.v_dim, self.v_dim, self.num_heads, self.num_heads]
         hidden, bias = config.hidden_size, config.use_bias
         if config.weight_mode == "single":
             self.q = nn.Linear(hidden, self.qk_dim, bias=bias)
@@ -141,8 +147,7 @@ class XLSTMLayer(nn.Module):
         as one GEMM over the projections packed into one buffer, where they can be (inference only)."""
         weights = packed_or_pack(self.projections()) if packed else None
         if weights is not None:
-            sizes = [self.qk_dim, self.qk_dim, self.v_dim, self.v_dim, self.num_heads, self.num_heads]
-            return F.linear(x, *weights).split(sizes, dim=-1)
+            return F.linear(x, *weights).split(self.projection_sizes, dim=-1)
         if self.weight_mode == "single":
             q, k, v, o = self.q(x), self.k(x), self.v(x), self.ogate_preact(x)
             i, f = self.igate_preact(x), self.fgate_preact(x)
@@ -161,7 +166,7 @@ class XLSTMLayer(nn.Module):
         q, k, v, o, i, f = self.project(x, packed=fused)
         cap = self.gate_soft_cap
         if fused:
-            i, f = elementwise_triton().soft_cap_gates(i, f, cap, mask)
+            i, f = fused_kernels().soft_cap_gates(i, f, cap, mask)
         else:
             i, f = pad_gates(soft_cap(i, cap), soft_cap(f, cap), mask)
         heads = lambda t: t.view(B, S, self.num_heads, -1).transpose(1, 2)  # noqa: E731
@@ -172,7 +177,7 @@ class XLSTMLayer(nn.Module):
         )
         if fused:
             norm = self.multihead_norm
-            return self.out_proj(elementwise_triton().head_norm_gate(h, o, norm.weight, norm.eps)), state
+            return self.out_proj(fused_kernels().head_norm_gate(h, o, norm.weight, norm.eps)), state
         h = self.multihead_norm(h.transpose(1, 2))
         return self.out_proj(torch.sigmoid(o) * h), state
 
@@ -196,7 +201,9 @@ class XLSTMBlock(GradientCheckpointingLayer):
     ) -> tuple[torch.Tensor, MLSTMState]:
         backend = resolve_backend(x.device, self.mlstm_layer.config.kernel_preference)
         if self.fused_inference(x, backend):
-            kernels = elementwise_triton()
+            if x.shape[1] == 1 and state is not None and (stepped := self.fused_step(x, state, mask)) is not None:
+                return stepped
+            kernels = fused_kernels()
             normed, _ = kernels.rms_norm(x, self.norm_mlstm.weight, self.norm_mlstm.eps)
             y, state = self.mlstm_layer(normed, state, mask, fused=True, backend=backend)
             normed, x = kernels.rms_norm(y, self.norm_ffn.weight, self.norm_ffn.eps, residual=x)  # x + y, normed
@@ -205,6 +212,31 @@ class XLSTMBlock(GradientCheckpointingLayer):
         x = x + y
         x = x + self.ffn(self.norm_ffn(x))
         return x, state
+
+    def fused_step(self, x: torch.Tensor, state: MLSTMState, mask: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, MLSTMState] | None:
+        """One token per row, x (B, 1, H), with the projections on the decode GEMV (`xlstm_hf.kernels.decode_triton`),
+        which also adds the residuals and gates the FFN: nine launches. None where it doesn't apply (more rows than
+        its `MAX_ROWS`, projections that can't be packed): the caller takes the general fused path."""
+        kernels = fused_kernels()
+        layer, ffn = self.mlstm_layer, self.ffn
+        B = x.shape[0]
+        if B > kernels.MAX_ROWS:
+            return None
+        projections, up = packed_or_pack(layer.projections()), packed_or_pack(ffn.up_projections())
+        if projections is None or up is None:
+            return None
+        normed, _ = kernels.rms_norm(x, self.norm_mlstm.weight, self.norm_mlstm.eps)
+        q, k, v, o, i, f = kernels.skinny_linear(normed.view(B, -1), *projections).split(layer.projection_sizes, -1)
+        i, f, *snapshot = kernels.step_gates(i, f, layer.gate_soft_cap, mask, state)
+        heads = lambda t: t.view(B, layer.num_heads, -1)  # noqa: E731
+        h, state = kernels.mlstm_step_triton(heads(q), heads(k), heads(v), i, f, state, layer.eps, snapshot=snapshot)
+        norm = layer.multihead_norm
+        h = kernels.head_norm_gate(h[:, :, None], o[:, None], norm.weight, norm.eps)
+        x = kernels.skinny_linear(h, layer.out_proj.weight, layer.out_proj.bias, residual=x)
+        normed, _ = kernels.rms_norm(x, self.norm_ffn.weight, self.norm_ffn.eps)
+        gated = kernels.skinny_linear(normed, *up, gated=True)
+        return kernels.skinny_linear(gated, ffn.proj_down.weight, ffn.proj_down.bias, residual=x), state
 
     def fused_inference(self, x: torch.Tensor, backend: str | None = None) -> bool:
         """Whether this step can run its elementwise work on the fused Triton kernels: inference (no autograd) on

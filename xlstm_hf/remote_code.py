@@ -25,6 +25,8 @@ FILES = {
     "kernels/backend.py": "mlstm_backend.py",
     "kernels/mlstm_torch.py": "mlstm_torch.py",
     "kernels/mlstm_triton.py": "mlstm_triton.py",
+    "kernels/elementwise_triton.py": "elementwise_triton.py",
+    "kernels/decode_triton.py": "decode_triton.py",
 }
 RENAMES = {"kernels": "xlstm_kernels", "backend": "mlstm_backend"}
 AUTO_MAP = {
@@ -37,6 +39,7 @@ AUTO_MAP = {
 def flatten(source: str) -> str:
     """Relative imports onto the flat names; the Triton import made optional (the loader refuses a bundle whose
     files import a package that is not installed, except inside try blocks)."""
+    source = re.sub(r"from \.kernels\.(\w+) import", r"from .\1 import", source)
     source = re.sub(r"from \.(\w+) import", lambda m: f"from .{RENAMES.get(m.group(1), m.group(1))} import", source)
     return source.replace(
         "import triton\nimport triton.language as tl\n",

@@ -9,7 +9,8 @@ a fraction of the kernels. The PyTorch modules in `xlstm_hf.modeling_xlstm` are 
 * :func:`rms_norm`: RMSNorm with a weight, optionally after the residual add (`x + residual`, also returned).
 * :func:`head_norm_gate`: `sigmoid(o) * (MultiHeadLayerNorm(h) * weight)`, reading h as the cell leaves it.
 * :func:`silu_mul`: `silu(gate) * z`, the FFN's gating.
-* :func:`soft_cap_gates`: the soft-capped input and forget gates, with padded positions set to (-inf, +inf).
+* :func:`soft_cap_gates`: the soft-capped input and forget gates, with padded positions set to (-inf, +inf);
+  :func:`step_gates` the same for one decode step, with the snapshot of n and m that the step kernel reads.
 """
 
 from __future__ import annotations
@@ -84,23 +85,50 @@ def _silu_mul(G, Z, OUT, s_g, s_z, s_o, d, BD: tl.constexpr):
 
 
 @triton.jit
+def _capped_gates(i, f, cap, keep, dtype: tl.constexpr, HAS_MASK: tl.constexpr):
+    """Soft-capped i and f as `soft_cap(x, cap) = cap * tanh(x / cap)` in the activation dtype (a rounding after
+    each of the three ops); where `keep` is False (padding), i = -inf and f = +inf."""
+    i = _round(cap * _round(_tanh(_round(i / cap, dtype)), dtype), dtype)
+    f = _round(cap * _round(_tanh(_round(f / cap, dtype)), dtype), dtype)
+    if HAS_MASK:
+        i = tl.where(keep, i, float("-inf"))
+        f = tl.where(keep, f, float("inf"))
+    return i, f
+
+
+@triton.jit
 def _soft_cap_gates(I, F, MASK, I_OUT, F_OUT, s_i, s_f, n, heads, cap, HAS_MASK: tl.constexpr, BN: tl.constexpr):
     """Rows of (batch * position), `heads` gates each; i and f rows may be strided (views of one projection)."""
     offs = tl.program_id(0) * BN + tl.arange(0, BN)
     inside = offs < n
     row, head = offs // heads, offs % heads
-    dtype = I_OUT.dtype.element_ty
     i = tl.load(I + row * s_i + head, mask=inside, other=0.0).to(tl.float32)
     f = tl.load(F + row * s_f + head, mask=inside, other=0.0).to(tl.float32)
-    # As soft_cap(x, cap) = cap * tanh(x / cap) in the activation dtype: a rounding after each of the three ops.
-    i = _round(cap * _round(_tanh(_round(i / cap, dtype)), dtype), dtype)
-    f = _round(cap * _round(_tanh(_round(f / cap, dtype)), dtype), dtype)
+    keep = inside
     if HAS_MASK:
         keep = tl.load(MASK + row, mask=inside, other=1) != 0
-        i = tl.where(keep, i, float("-inf"))
-        f = tl.where(keep, f, float("inf"))
-    tl.store(I_OUT + offs, i.to(dtype), mask=inside)
-    tl.store(F_OUT + offs, f.to(dtype), mask=inside)
+    i, f = _capped_gates(i, f, cap, keep, I_OUT.dtype.element_ty, HAS_MASK)
+    tl.store(I_OUT + offs, i.to(I_OUT.dtype.element_ty), mask=inside)
+    tl.store(F_OUT + offs, f.to(F_OUT.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _step_gates(I, F, MASK, N, M, I_OUT, F_OUT, N_OLD, M_OLD, s_i, s_f, heads, dqk, cap, HAS_MASK: tl.constexpr,
+                BK: tl.constexpr):
+    """One program per (batch, head): its capped gates, and a copy of its n and m."""
+    pid = tl.program_id(0)
+    row, head = pid // heads, pid % heads
+    i = tl.load(I + row * s_i + head).to(tl.float32)
+    f = tl.load(F + row * s_f + head).to(tl.float32)
+    keep = True
+    if HAS_MASK:
+        keep = tl.load(MASK + row) != 0
+    i, f = _capped_gates(i, f, cap, keep, I_OUT.dtype.element_ty, HAS_MASK)
+    tl.store(I_OUT + pid, i.to(I_OUT.dtype.element_ty))
+    tl.store(F_OUT + pid, f.to(F_OUT.dtype.element_ty))
+    offs = tl.arange(0, BK)
+    tl.store(N_OLD + pid * dqk + offs, tl.load(N + pid * dqk + offs, mask=offs < dqk), mask=offs < dqk)
+    tl.store(M_OLD + pid, tl.load(M + pid))
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -159,8 +187,23 @@ def soft_cap_gates(i: torch.Tensor, f: torch.Tensor, cap: float,
                                                                                        dtype=i.dtype)
     n = B * S * NH
     block = min(1024, triton.next_power_of_2(n))
-    mask_rows = mask.reshape(-1).view(torch.uint8) if mask is not None else i_out  # bool: one byte each
+    mask_rows = mask.reshape(-1).contiguous().view(torch.uint8) if mask is not None else i_out  # bool: one byte each
     _soft_cap_gates[(triton.cdiv(n, block),)](rows_i, rows_f, mask_rows, i_out, f_out, rows_i.stride(0),
                                               rows_f.stride(0), n, NH, cap, HAS_MASK=mask is not None, BN=block,
                                               num_warps=4)
     return i_out, f_out
+
+
+def step_gates(i: torch.Tensor, f: torch.Tensor, cap: float, mask: torch.Tensor | None,
+               state: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """:func:`soft_cap_gates` for one decode step, i and f (B, NH), `mask` (B,) or None; with a copy of the state's n
+    (B, NH, DQK) and m (B, NH) in the same launch, the snapshot `mlstm_step_triton` reads. Returns (i, f, n, m)."""
+    B, NH = i.shape
+    _, n, m = state
+    i_out, f_out = (torch.empty(B, NH, device=i.device, dtype=i.dtype) for _ in range(2))
+    n_old, m_old = torch.empty_like(n), torch.empty_like(m)
+    dqk = n.shape[-1]
+    mask_rows = mask.reshape(-1).contiguous().view(torch.uint8) if mask is not None else i_out
+    _step_gates[(B * NH,)](i, f, mask_rows, n, m, i_out, f_out, n_old, m_old, i.stride(0), f.stride(0), NH, dqk, cap,
+                           HAS_MASK=mask is not None, BK=triton.next_power_of_2(dqk), num_warps=1)
+    return i_out, f_out, n_old, m_old

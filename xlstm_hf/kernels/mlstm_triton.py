@@ -788,10 +788,12 @@ def mlstm_step_triton(
     f: torch.Tensor,
     state: MLSTMState,
     eps: float = 1e-6,
+    snapshot: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, MLSTMState]:
     """One recurrent step, fused: updates the state tensors (C, n, m) in place and returns (h, state).
 
-    q, k: (B, NH, DQK); v: (B, NH, DV); i, f: (B, NH); the state contiguous, in float32 or bfloat16.
+    q, k: (B, NH, DQK); v: (B, NH, DV); i, f: (B, NH); the state contiguous, in float32 or bfloat16. `snapshot`: a
+    copy of (n, m) made by an earlier launch (`elementwise_triton.step_gates`), or None to copy them here.
     """
     C, n, m = state
     B, NH, DQK = q.shape
@@ -802,7 +804,7 @@ def mlstm_step_triton(
     h = torch.empty(B, NH, DV, device=v.device, dtype=v.dtype)
     BV = min(64, _pow2(DV))
     _step[(B * NH, triton.cdiv(DV, BV))](
-        q, k, v, i, f, C, n.clone(), m.clone(), n, m, h,
+        q, k, v, i, f, C, *(snapshot or (n.clone(), m.clone())), n, m, h,
         *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *i.stride(), *f.stride(), DQK**-0.5, eps,
         NH=NH, DQK=DQK, DV=DV, BK=_pow2(DQK), BV=BV,
     )

@@ -1,0 +1,141 @@
+"""The decode kernels (`xlstm_hf.kernels.decode_triton`, `elementwise_triton.step_gates`) against the PyTorch ops
+they replace, and the model's fused decode step against its reference path: on the CPU under Triton's
+interpreter (float32, float16), and in bfloat16 on a GPU."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import xlstm_hf
+from helpers import DEVICE, KERNEL_DTYPES, close, perturb_gates, random_ids, randn, tiny_model
+from xlstm_hf.kernels import pad_gates
+from xlstm_hf.modeling_xlstm import soft_cap
+
+pytest.importorskip("triton")
+from xlstm_hf.kernels import decode_triton as decode  # noqa: E402
+from xlstm_hf.kernels import elementwise_triton as fused  # noqa: E402
+
+ROWS = [1, 5, 33] if DEVICE == "cuda" else [1, 5]
+
+
+def linear_inputs(rows: int, width: int, out: int, dtype: torch.dtype):
+    return randn(rows, width, dtype=dtype), randn(out, width, dtype=dtype, scale=width**-0.5)
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("width", [80, 512])
+def test_linear_with_bias_on_strided_rows(dtype, rows, width):
+    wide, weight = linear_inputs(rows, 2 * width, 300, dtype)
+    x = wide[:, :width]  # rows strided, as a split of a projection's output
+    weight = weight[:, :width].contiguous()
+    bias = randn(300, dtype=dtype)
+    close(decode.skinny_linear(x, weight, bias), F.linear(x, weight, bias))
+    close(decode.skinny_linear(x[None], weight), F.linear(x, weight)[None])  # leading dims kept
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("rows", ROWS)
+def test_residual_epilogue(dtype, rows):
+    x, weight = linear_inputs(rows, 200, 96, dtype)
+    residual = randn(rows, 96, dtype=dtype, scale=4)
+    close(decode.skinny_linear(x, weight, residual=residual), residual + F.linear(x, weight))
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("rows", ROWS)
+def test_gated_epilogue_of_two_packed_projections(dtype, rows):
+    x, weight = linear_inputs(rows, 128, 2 * 72, dtype)
+    bias = randn(2 * 72, dtype=dtype)
+    gate, z = F.linear(x, weight, bias).split(72, dim=-1)
+    close(decode.skinny_linear(x, weight, bias, gated=True), F.silu(gate) * z)
+
+
+def test_errors_name_the_bad_argument():
+    x, weight = linear_inputs(2, 64, 32, torch.float32)
+    with pytest.raises(ValueError, match="at most 64 rows"):
+        decode.skinny_linear(randn(65, 64, dtype=torch.float32), weight)
+    with pytest.raises(ValueError, match="weight must be"):
+        decode.skinny_linear(x, weight.t())
+    with pytest.raises(ValueError, match="residual or gates"):
+        decode.skinny_linear(x, weight, residual=x[:, :16], gated=True)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_step_gates_cap_mask_and_snapshot(with_mask):
+    B, NH, DQK, cap = 3, 4, 48, 15.0
+    both = randn(B, 2 * NH, dtype=torch.float32, scale=20)
+    i, f = both.split(NH, dim=-1)
+    state = (None, randn(B, NH, DQK, dtype=torch.float32), randn(B, NH, dtype=torch.float32))
+    mask = torch.ones(B, 4, dtype=torch.bool, device=DEVICE)
+    mask[1, -1] = False
+    mask = mask[:, -1:]  # a strided view, as the last column of a bool attention mask
+    ours_i, ours_f, n, m = fused.step_gates(i, f, cap, mask if with_mask else None, state)
+    ref_i, ref_f = pad_gates(soft_cap(i, cap)[:, :, None], soft_cap(f, cap)[:, :, None], mask if with_mask else None)
+    for ours, ref in ((ours_i, ref_i[:, :, 0]), (ours_f, ref_f[:, :, 0])):
+        assert torch.equal(ours.isinf(), ref.isinf()) and ours.isinf().any() == with_mask
+        close(ours[ref.isfinite()], ref[ref.isfinite()])
+    assert torch.equal(n, state[1]) and torch.equal(m, state[2])
+    assert n.data_ptr() != state[1].data_ptr() and m.data_ptr() != state[2].data_ptr()
+
+
+@pytest.mark.parametrize("weight_mode", ["single", "fused"])
+def test_the_model_steps_on_the_decode_kernels_and_matches_the_reference(triton_backend, weight_mode, monkeypatch):
+    model = tiny_model(weight_mode=weight_mode).to(DEVICE)
+    model.cuda_graphs = False  # a graph's capture would call the step more often
+    ids = random_ids(3, 12).to(DEVICE)
+    mask = torch.ones_like(ids)
+    mask[0, -1] = 0  # a padded step leaves that row's state untouched
+    steps = []
+    block_class = type(model.backbone.blocks[0])
+    original = block_class.fused_step
+    monkeypatch.setattr(block_class, "fused_step", lambda *args: steps.append(original(*args)) or steps[-1])
+    with torch.no_grad():
+        prefill = model(ids[:, :-1])
+        before = [t.clone() for t in prefill.cache.state_tensors()]
+        step = model(ids[:, -1:], attention_mask=mask, cache=prefill.cache)
+    assert len(steps) == len(model.backbone.blocks) and all(s is not None for s in steps)
+    xlstm_hf.set_kernel_backend("torch")
+    with torch.no_grad():
+        ref_prefill = model(ids[:, :-1])
+        ref_step = model(ids[:, -1:], attention_mask=mask, cache=ref_prefill.cache)
+    assert (step.logits - ref_step.logits).abs().max() < 1e-4
+    for ours, ref in zip(step.cache.state_tensors(), ref_step.cache.state_tensors()):
+        assert (ours - ref).abs().max() < 1e-4
+    assert all(torch.equal(ours[0], old[0]) for ours, old in zip(step.cache.state_tensors(), before))
+    assert not all(torch.equal(ours[1], old[1]) for ours, old in zip(step.cache.state_tensors(), before))
+
+
+def test_more_rows_than_the_kernels_take_use_the_general_fused_path(triton_backend):
+    model = tiny_model().to(DEVICE)
+    block = model.backbone.blocks[0]
+    x = randn(decode.MAX_ROWS + 1, 1, 128, dtype=torch.float32)
+    state = model.backbone.new_cache(decode.MAX_ROWS + 1).layers[0].state
+    with torch.no_grad():
+        assert block.fused_step(x, state, None) is None
+        assert block.fused_step(x[:2], tuple(t[:2].contiguous() for t in state), None) is not None
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the 7B's shapes, in bfloat16, on a GPU")
+@pytest.mark.parametrize("batch", [1, 32])
+def test_7b_layer_step_matches_the_general_fused_path(batch, monkeypatch):
+    from xlstm_hf import XLSTMConfig, XLSTMForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = XLSTMForCausalLM(XLSTMConfig(num_hidden_layers=1))
+    model = perturb_gates(model).to(torch.bfloat16).eval()
+    block = model.backbone.blocks[0]
+    x = randn(batch, 1, model.config.hidden_size, dtype=torch.bfloat16)
+    C, n, m = model.backbone.new_cache(batch).layers[0].state
+    state = (torch.rand_like(C) * 0.1, torch.rand_like(n), torch.randn_like(m))
+    mask = torch.ones(batch, 1, dtype=torch.bool, device=DEVICE)
+    mask[0] = False
+    with torch.no_grad():
+        ours, ours_state = block(x, tuple(t.clone() for t in state), mask)
+        monkeypatch.setattr(type(block), "fused_step", lambda *args: None)
+        ref, ref_state = block(x, tuple(t.clone() for t in state), mask)
+    close(ours, ref, steps=2)
+    for a, b in zip(ours_state, ref_state):
+        assert ((a - b).abs() / b.abs().clamp_min(1)).max() < 1e-2
+    assert all(torch.equal(a[0], s[0]) for a, s in zip(ours_state, state))  # the padded row's state is untouched
