@@ -66,17 +66,17 @@ def test_step_gates_cap_mask_and_snapshot(with_mask):
     B, NH, DQK, cap = 3, 4, 48, 15.0
     both = randn(B, 2 * NH, dtype=torch.float32, scale=20)
     i, f = both.split(NH, dim=-1)
-    state = (None, randn(B, NH, DQK, dtype=torch.float32), randn(B, NH, dtype=torch.float32))
+    state = randn(B, NH, DQK, dtype=torch.float32), randn(B, NH, dtype=torch.float32)
     mask = torch.ones(B, 4, dtype=torch.bool, device=DEVICE)
     mask[1, -1] = False
     mask = mask[:, -1:]  # a strided view, as the last column of a bool attention mask
-    ours_i, ours_f, n, m = fused.step_gates(i, f, cap, mask if with_mask else None, state)
+    ours_i, ours_f, n, m = fused.step_gates(i, f, cap, mask if with_mask else None, *state)
     ref_i, ref_f = pad_gates(soft_cap(i, cap)[:, :, None], soft_cap(f, cap)[:, :, None], mask if with_mask else None)
     for ours, ref in ((ours_i, ref_i[:, :, 0]), (ours_f, ref_f[:, :, 0])):
         assert torch.equal(ours.isinf(), ref.isinf()) and ours.isinf().any() == with_mask
         close(ours[ref.isfinite()], ref[ref.isfinite()])
-    assert torch.equal(n, state[1]) and torch.equal(m, state[2])
-    assert n.data_ptr() != state[1].data_ptr() and m.data_ptr() != state[2].data_ptr()
+    assert torch.equal(n, state[0]) and torch.equal(m, state[1])
+    assert n.data_ptr() != state[0].data_ptr() and m.data_ptr() != state[1].data_ptr()
 
 
 @pytest.mark.parametrize("weight_mode", ["single", "fused"])
@@ -106,14 +106,22 @@ def test_the_model_steps_on_the_decode_kernels_and_matches_the_reference(triton_
     assert not all(torch.equal(ours[1], old[1]) for ours, old in zip(step.cache.state_tensors(), before))
 
 
-def test_more_rows_than_the_kernels_take_use_the_general_fused_path(triton_backend):
+def test_the_general_fused_path_takes_more_rows_and_projections_that_cannot_be_packed(triton_backend):
     model = tiny_model().to(DEVICE)
     block = model.backbone.blocks[0]
     x = randn(decode.MAX_ROWS + 1, 1, 128, dtype=torch.float32)
     state = model.backbone.new_cache(decode.MAX_ROWS + 1).layers[0].state
+    few = tuple(t[:2].contiguous() for t in state)
     with torch.no_grad():
         assert block.fused_step(x, state, None) is None
-        assert block.fused_step(x[:2], tuple(t[:2].contiguous() for t in state), None) is not None
+        assert block.fused_step(x[:2], few, None) is not None
+
+        class Wrapped(torch.nn.Linear):  # as a PEFT layer: packing refuses it
+            pass
+
+        up = block.ffn.proj_up
+        block.ffn.proj_up = Wrapped(up.in_features, up.out_features, bias=False, device=DEVICE)
+        assert block.fused_step(x[:2], few, None) is None
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="the 7B's shapes, in bfloat16, on a GPU")

@@ -228,7 +228,7 @@ class XLSTMBlock(GradientCheckpointingLayer):
             return None
         normed, _ = kernels.rms_norm(x, self.norm_mlstm.weight, self.norm_mlstm.eps)
         q, k, v, o, i, f = kernels.skinny_linear(normed.view(B, -1), *projections).split(layer.projection_sizes, -1)
-        i, f, *snapshot = kernels.step_gates(i, f, layer.gate_soft_cap, mask, state)
+        i, f, *snapshot = kernels.step_gates(i, f, layer.gate_soft_cap, mask, *state[1:])
         heads = lambda t: t.view(B, layer.num_heads, -1)  # noqa: E731
         h, state = kernels.mlstm_step_triton(heads(q), heads(k), heads(v), i, f, state, layer.eps, snapshot=snapshot)
         norm = layer.multihead_norm

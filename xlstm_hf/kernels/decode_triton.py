@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .elementwise_triton import _round, _sigmoid
+from .elementwise_triton import _round, _rows, _sigmoid
 from .mlstm_triton import _dot
 
 MAX_ROWS = 64  # beyond this a GEMM library does better than a tile of rows per weight tile
@@ -97,11 +97,6 @@ def _skinny_linear(
     if EPILOGUE == 2:
         y = _round(_round(y * _sigmoid(y), dtype) * _round(acc_z, dtype), dtype)
     tl.store(Y + rows[:, None] * s_ym + cols[None, :], y.to(dtype), mask=out_mask)
-
-
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    x = x.reshape(-1, x.shape[-1])
-    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def skinny_linear(

@@ -137,6 +137,12 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def _mask_bytes(mask: torch.Tensor | None, placeholder: torch.Tensor) -> torch.Tensor:
+    """A bool padding mask as contiguous bytes, one per position (it may be a strided view of an attention mask);
+    `placeholder` stands in for the pointer when there is no mask."""
+    return mask.reshape(-1).contiguous().view(torch.uint8) if mask is not None else placeholder
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
              residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """RMSNorm(x + residual) * weight, and x + residual (x itself when no residual is given)."""
@@ -187,23 +193,21 @@ def soft_cap_gates(i: torch.Tensor, f: torch.Tensor, cap: float,
                                                                                        dtype=i.dtype)
     n = B * S * NH
     block = min(1024, triton.next_power_of_2(n))
-    mask_rows = mask.reshape(-1).contiguous().view(torch.uint8) if mask is not None else i_out  # bool: one byte each
-    _soft_cap_gates[(triton.cdiv(n, block),)](rows_i, rows_f, mask_rows, i_out, f_out, rows_i.stride(0),
+    _soft_cap_gates[(triton.cdiv(n, block),)](rows_i, rows_f, _mask_bytes(mask, i_out), i_out, f_out, rows_i.stride(0),
                                               rows_f.stride(0), n, NH, cap, HAS_MASK=mask is not None, BN=block,
                                               num_warps=4)
     return i_out, f_out
 
 
-def step_gates(i: torch.Tensor, f: torch.Tensor, cap: float, mask: torch.Tensor | None,
-               state: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """:func:`soft_cap_gates` for one decode step, i and f (B, NH), `mask` (B,) or None; with a copy of the state's n
-    (B, NH, DQK) and m (B, NH) in the same launch, the snapshot `mlstm_step_triton` reads. Returns (i, f, n, m)."""
+def step_gates(i: torch.Tensor, f: torch.Tensor, cap: float, mask: torch.Tensor | None, n: torch.Tensor,
+               m: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """:func:`soft_cap_gates` for one decode step, i and f (B, NH), `mask` (B, 1) or None; with a copy of the state's
+    n (B, NH, DQK) and m (B, NH), contiguous, in the same launch: the snapshot `mlstm_step_triton` reads. Returns
+    (i, f, n copy, m copy)."""
     B, NH = i.shape
-    _, n, m = state
     i_out, f_out = (torch.empty(B, NH, device=i.device, dtype=i.dtype) for _ in range(2))
     n_old, m_old = torch.empty_like(n), torch.empty_like(m)
     dqk = n.shape[-1]
-    mask_rows = mask.reshape(-1).contiguous().view(torch.uint8) if mask is not None else i_out
-    _step_gates[(B * NH,)](i, f, mask_rows, n, m, i_out, f_out, n_old, m_old, i.stride(0), f.stride(0), NH, dqk, cap,
+    _step_gates[(B * NH,)](i, f, _mask_bytes(mask, i_out), n, m, i_out, f_out, n_old, m_old, i.stride(0), f.stride(0), NH, dqk, cap,
                            HAS_MASK=mask is not None, BK=triton.next_power_of_2(dqk), num_warps=1)
     return i_out, f_out, n_old, m_old
