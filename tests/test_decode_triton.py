@@ -124,6 +124,39 @@ def test_the_general_fused_path_takes_more_rows_and_projections_that_cannot_be_p
         assert block.fused_step(x[:2], few, None) is None
 
 
+class Adapted(torch.nn.Module):
+    """A projection with an adapter beside it, as PEFT wraps one: it exposes the base layer's weight and bias."""
+
+    def __init__(self, base: torch.nn.Linear):
+        super().__init__()
+        self.base = base
+        self.adapter = torch.nn.Linear(base.in_features, base.out_features, bias=False, device=base.weight.device)
+
+    weight = property(lambda self: self.base.weight)
+    bias = property(lambda self: self.base.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.adapter(x)
+
+
+@pytest.mark.parametrize("owner, name", [("mlstm_layer", "out_proj"), ("ffn", "proj_down")])
+def test_a_wrapped_output_projection_runs_as_itself_in_prefill_and_step(triton_backend, owner, name):
+    model = tiny_model().to(DEVICE)
+    model.cuda_graphs = False
+    for block in model.backbone.blocks:
+        parent = getattr(block, owner)
+        setattr(parent, name, Adapted(getattr(parent, name)))
+    ids = random_ids(2, 9).to(DEVICE)
+    results = []
+    for backend in ("triton", "torch"):
+        xlstm_hf.set_kernel_backend(backend)
+        with torch.no_grad():
+            prefill = model(ids[:, :-1])
+            results.append((prefill.logits, model(ids[:, -1:], cache=prefill.cache).logits))
+    for ours, ref in zip(*results):
+        assert (ours - ref).abs().max() < 1e-4
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="the 7B's shapes, in bfloat16, on a GPU")
 @pytest.mark.parametrize("batch", [1, 32])
 def test_7b_layer_step_matches_the_general_fused_path(batch, monkeypatch):

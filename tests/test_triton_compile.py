@@ -48,7 +48,7 @@ def mlstm_chunkwise_jobs(data: str) -> list[tuple]:
         (mlstm_triton, "_fw_outputs", dict(seven_b, BT=T.out_bt, BK=T.out_bk, BV=T.out_bv), data,
          dict(num_warps=T.out_warps, num_stages=T.out_stages)),
         (mlstm_triton, "_bw_states", dict(seven_b, BK=T.state_bk, BV=T.state_bv, HAS_FINAL_GRAD=True), data,
-         dict(num_warps=T.bw_state_warps, num_stages=T.state_stages)),
+         dict(num_warps=T.bw_state_warps, num_stages=T.bw_state_stages)),
         *((mlstm_triton, name, dict(seven_b, BT=T.grad_bt, BK=T.grad_bk, BV=T.grad_bv), data,
            dict(num_warps=T.grad_warps, num_stages=T.grad_stages)) for name in ("_bw_dq", "_bw_dk", "_bw_dv")),
     ]

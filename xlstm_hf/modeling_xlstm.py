@@ -26,7 +26,7 @@ from .configuration_xlstm import XLSTMConfig
 from .decode_graph import DecodeGraph
 from .deferred_stop import deferred_stop_checks
 from .kernels import MLSTMState, mlstm, pad_gates, resolve_backend
-from .packing import packed_or_pack
+from .packing import is_plain, packed_or_pack
 
 
 @functools.cache
@@ -37,6 +37,15 @@ def fused_kernels() -> SimpleNamespace:
     from .kernels.mlstm_triton import mlstm_step_triton  # noqa: F401
 
     return SimpleNamespace(**locals())
+
+
+def add_linear_(residual: torch.Tensor, x: torch.Tensor, linear: nn.Module) -> torch.Tensor:
+    """`residual += linear(x)`, in place. For a plain bias-free `nn.Linear` and a contiguous residual, the add is the
+    GEMM's epilogue (cuBLAS's beta = 1, one rounding) instead of a pass over the activations of its own."""
+    if is_plain(linear) and linear.bias is None and residual.is_contiguous():
+        residual.view(-1, residual.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), linear.weight.t())
+        return residual
+    return residual.add_(linear(x))
 
 
 def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
@@ -94,8 +103,9 @@ class XLSTMFeedForward(nn.Module):
         """The gate and up projections, in this order (one layer in the fused layout)."""
         return [self.proj_up_gate, self.proj_up] if self.weight_mode == "single" else [self.proj_up_gate_z]
 
-    def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
-        """`fused`: inference on the fused kernels, with the up projections as one GEMM (see `xlstm_hf.packing`)."""
+    def gated_up(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        """`silu(proj_up_gate(x)) * proj_up(x)`. `fused`: inference on the fused kernels, with the up projections as
+        one GEMM (see `xlstm_hf.packing`)."""
         weights = packed_or_pack(self.up_projections()) if fused else None
         if weights is not None:
             gate, z = F.linear(x, *weights).split(self.ffn_dim, dim=-1)
@@ -103,7 +113,10 @@ class XLSTMFeedForward(nn.Module):
             gate, z = self.proj_up_gate(x), self.proj_up(x)
         else:
             gate, z = self.proj_up_gate_z(x).split(self.ffn_dim, dim=-1)
-        return self.proj_down(fused_kernels().silu_mul(gate, z) if fused else F.silu(gate) * z)
+        return fused_kernels().silu_mul(gate, z) if fused else F.silu(gate) * z
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj_down(self.gated_up(x))
 
 
 class XLSTMLayer(nn.Module):
@@ -207,7 +220,7 @@ class XLSTMBlock(GradientCheckpointingLayer):
             normed, _ = kernels.rms_norm(x, self.norm_mlstm.weight, self.norm_mlstm.eps)
             y, state = self.mlstm_layer(normed, state, mask, fused=True, backend=backend)
             normed, x = kernels.rms_norm(y, self.norm_ffn.weight, self.norm_ffn.eps, residual=x)  # x + y, normed
-            return x + self.ffn(normed, fused=True), state
+            return add_linear_(x, self.ffn.gated_up(normed, fused=True), self.ffn.proj_down), state
         y, state = self.mlstm_layer(self.norm_mlstm(x), state, mask, backend=backend)
         x = x + y
         x = x + self.ffn(self.norm_ffn(x))
@@ -224,7 +237,7 @@ class XLSTMBlock(GradientCheckpointingLayer):
         if B > kernels.MAX_ROWS:
             return None
         projections, up = packed_or_pack(layer.projections()), packed_or_pack(ffn.up_projections())
-        if projections is None or up is None:
+        if projections is None or up is None or not (is_plain(layer.out_proj) and is_plain(ffn.proj_down)):
             return None
         normed, _ = kernels.rms_norm(x, self.norm_mlstm.weight, self.norm_mlstm.eps)
         q, k, v, o, i, f = kernels.skinny_linear(normed.view(B, -1), *projections).split(layer.projection_sizes, -1)

@@ -17,6 +17,12 @@ import torch
 from torch import nn
 
 
+def is_plain(linear: nn.Module) -> bool:
+    """Whether `linear` is an `nn.Linear` itself, whose weight kernels may read directly: not a subclass or a wrapper
+    that changes its forward (a PEFT adapter, a quantised layer), which must run as itself."""
+    return type(linear) is nn.Linear
+
+
 def _owns_storage(t: torch.Tensor) -> bool:
     return (type(t.data) is torch.Tensor and not t.is_meta and t.storage_offset() == 0 and t.is_contiguous()
             and t.untyped_storage().nbytes() == t.numel() * t.element_size())
@@ -61,7 +67,7 @@ def pack(linears: list[nn.Linear]) -> bool:
     `nn.Linear`s of one input size, dtype and device, or a parameter that doesn't own its storage."""
     weights = [linear.weight for linear in linears]
     biases = [linear.bias for linear in linears if linear.bias is not None]
-    if not all(type(linear) is nn.Linear for linear in linears) or not all(map(_owns_storage, weights + biases)):
+    if not all(map(is_plain, linears)) or not all(map(_owns_storage, weights + biases)):
         return False
     if len({(w.shape[1], w.dtype, w.device) for w in weights}) != 1 or len({(b.dtype, b.device) for b in biases}) > 1:
         return False

@@ -86,7 +86,7 @@ def _causal_weights(b_t, m_t, offs_t, b_j, i_j, offs_j):
 
 @triton.jit
 def _fw_states(
-    K, V, B_gate, I_gate, C0, N0, M0, C_states, N_states, M_states, C_out, N_out, M_out,
+    K, V, B_gate, I_gate, CMAX, C0, N0, M0, C_states, N_states, M_states, C_out, N_out, M_out,
     s_kb, s_kh, s_ks, s_vb, s_vh, s_vs,
     NH: tl.constexpr, NC, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, HAS_INITIAL: tl.constexpr, IEEE: tl.constexpr,
@@ -121,7 +121,8 @@ def _fw_states(
         i_t = tl.load(I_gate + gate_base + t)
         g = tl.load(B_gate + gate_base + chunk * L + L - 1)
         a = g - b_t + i_t
-        m_new = tl.maximum(g + m, tl.max(a, axis=0))
+        # max_t a_t is g plus the chunk's last running max of i - b (from _prepare_gates): no reduction in the loop.
+        m_new = g + tl.maximum(m, tl.load(CMAX + gate_base + chunk * L + L - 1))
         decay = tl.exp(g + m - m_new)
         w = tl.exp(a - m_new)
         k_tile = tl.load(k_base + t[:, None] * s_ks + offs_k[None, :], mask=mask_k[None, :], other=0.0)
@@ -440,17 +441,19 @@ DEFAULT_CHUNK_SIZE = 128
 @dataclasses.dataclass(frozen=True)
 class Tiling:
     """Block sizes and launch settings. `state_*`: the recurrent kernels (forward and backward; `bw_state_warps`
-    the backward's warps), `out_*`: the forward's output kernel, `grad_*`: the dq/dk/dv kernels, `gate_block`: the
-    positions per step of the gate-gradient scan. Block sizes are capped to the head dims. The defaults are the fastest
-    of `benchmarks/kernels.py --sweep` at the 7B's shapes on an H100 (S 8K and 32K; docs/benchmarks.md), in bf16,
-    except `state_warps`: 8 from the sweep on an H200 (4 on the H100); the launches use `for_dtype`.
+    and `bw_state_stages` the backward's), `out_*`: the forward's output kernel, `grad_*`: the dq/dk/dv kernels,
+    `gate_block`: the positions per step of the gate-gradient scan. Block sizes are capped to the head dims. The
+    defaults are the fastest of `benchmarks/kernels.py --sweep` at the 7B's shapes on an H100 (S 8K and 32K;
+    docs/benchmarks.md), in bf16, except `state_warps` and `state_stages`: 8 and 3 from sweeps on an H200 (4 and 2 on
+    the H100); the launches use `for_dtype`.
     """
 
     state_bk: int = 64
     state_bv: int = 128
     state_warps: int = 8
     bw_state_warps: int = 8
-    state_stages: int = 2
+    state_stages: int = 3
+    bw_state_stages: int = 2
     out_bt: int = 64
     out_bk: int = 64
     out_bv: int = 512
@@ -466,8 +469,11 @@ class Tiling:
     def for_dtype(self, dtype: torch.dtype) -> "Tiling":
         """The tiling for inputs of `dtype`. The sizes are for 2-byte inputs; with 4-byte ones the output kernel's
         pipelined (BK, BV) tiles of the chunk states would need 288 KiB of shared memory at the 7B's head dims, more
-        than an H100 has, so its tile is half as wide."""
-        return self if dtype.itemsize <= 2 else dataclasses.replace(self, out_bv=self.out_bv // 2)
+        than an H100 has, so its tile is half as wide, and the forward recurrence keeps two stages of k and v tiles
+        (three would take 226 KiB, all an H100 has)."""
+        if dtype.itemsize <= 2:
+            return self
+        return dataclasses.replace(self, out_bv=self.out_bv // 2, state_stages=min(self.state_stages, 2))
 
 
 TILING = Tiling()
@@ -639,7 +645,7 @@ def _forward(q, k, v, i, f, initial_state, L, eps, tiling: Tiling):
     C0, N0, M0 = (s.float().contiguous() for s in initial_state) if has_initial else (C_out, N_out, M_out)
     BK, BV = _fit(tiling.state_bk, DQK), _fit(tiling.state_bv, DV)
     _fw_states[(B * NH, triton.cdiv(DQK, BK), triton.cdiv(DV, BV))](
-        k, v, b_gate, i_gate, C0, N0, M0, C_states, N_states, M_states, C_out, N_out, M_out,
+        k, v, b_gate, i_gate, cmax, C0, N0, M0, C_states, N_states, M_states, C_out, N_out, M_out,
         *_strides(k), *_strides(v),
         NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_INITIAL=has_initial, IEEE=ieee,
         num_warps=tiling.state_warps, num_stages=tiling.state_stages,
@@ -690,7 +696,7 @@ def _backward(saved, f, S, L, eps, dh, dC, dn, dm, need_initial, tiling: Tiling)
         q, dh, rden, dden_raw, b_gate, m_pos, M_states, dC_final, dn_final, DC_states, DN_states, dC0, dN0,
         *_strides(q), *_strides(dh), scale,
         NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_FINAL_GRAD=has_final, IEEE=ieee,
-        num_warps=tiling.bw_state_warps, num_stages=tiling.state_stages,
+        num_warps=tiling.bw_state_warps, num_stages=tiling.bw_state_stages,
     )
     BT, BK, BV = min(tiling.grad_bt, L), _fit(tiling.grad_bk, DQK), _fit(tiling.grad_bv, DV)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
