@@ -20,7 +20,14 @@ import torch
 import torch.nn.functional as F
 
 COPIES = 4  # weight copies per timed call: 4 x the smallest projection (32 MiB) is more than an H200's L2
-HIDDEN, FFN, HEADS = 4096, 10944, 8
+
+
+def seven_b_shapes() -> tuple[int, int, int]:
+    """Hidden size, FFN width and the packed width of q, k, v, o and both gates (12304) of the 7B config."""
+    from xlstm_hf import XLSTMConfig
+
+    config = XLSTMConfig()
+    return config.hidden_size, config.ffn_dim, 2 * config.qk_dim + 2 * config.v_dim + 2 * config.num_heads
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,17 +52,19 @@ def projections(batch: int):
     from xlstm_hf.kernels.decode_triton import skinny_linear
     from xlstm_hf.kernels.elementwise_triton import silu_mul
 
+    hidden, ffn, packed = seven_b_shapes()
     rand = lambda *shape: torch.randn(*shape, device="cuda", dtype=torch.bfloat16)  # noqa: E731
     weights = lambda n, k: [rand(n, k) * k**-0.5 for _ in range(COPIES)]  # noqa: E731
-    x, h, x_ffn, residual = rand(batch, HIDDEN), rand(batch, HIDDEN), rand(batch, FFN), rand(batch, HIDDEN)
-    proj, out, up, down = weights(12296, HIDDEN), weights(HIDDEN, HIDDEN), weights(2 * FFN, HIDDEN), weights(HIDDEN, FFN)
-    bias = rand(12296)
+    x, h, x_ffn, residual = rand(batch, hidden), rand(batch, hidden), rand(batch, ffn), rand(batch, hidden)
+    proj, out = weights(packed, hidden), weights(hidden, hidden)
+    up, down = weights(2 * ffn, hidden), weights(hidden, ffn)
+    bias = rand(packed)
     return [
         ("q k v o i f", proj[0].nbytes, [lambda w=w: F.linear(x, w, bias) for w in proj],
          lambda t: [lambda w=w: skinny_linear(x, w, bias, tiling=t) for w in proj]),
         ("out + residual", out[0].nbytes, [lambda w=w: residual + F.linear(h, w) for w in out],
          lambda t: [lambda w=w: skinny_linear(h, w, residual=residual, tiling=t) for w in out]),
-        ("up, silu gating", up[0].nbytes, [lambda w=w: silu_mul(*F.linear(x, w).split(FFN, -1)) for w in up],
+        ("up, silu gating", up[0].nbytes, [lambda w=w: silu_mul(*F.linear(x, w).split(ffn, -1)) for w in up],
          lambda t: [lambda w=w: skinny_linear(x, w, gated=True, tiling=t) for w in up]),
         ("down + residual", down[0].nbytes, [lambda w=w: residual + F.linear(x_ffn, w) for w in down],
          lambda t: [lambda w=w: skinny_linear(x_ffn, w, residual=residual, tiling=t) for w in down]),
@@ -82,7 +91,7 @@ def time_layer_step(batch: int, layers: int) -> list[dict]:
     with torch.device("cuda"):
         model = XLSTMForCausalLM(XLSTMConfig(num_hidden_layers=layers)).to(torch.bfloat16).eval()
     cache = model.backbone.new_cache(batch)
-    x = torch.randn(batch, 1, HIDDEN, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(batch, 1, model.config.hidden_size, device="cuda", dtype=torch.bfloat16)
     mask = torch.ones(batch, 1, dtype=torch.bool, device="cuda")
 
     def step():
@@ -105,22 +114,29 @@ def time_layer_step(batch: int, layers: int) -> list[dict]:
 
 
 def sweep(batches: list[int]) -> None:
+    """Tilings of the decode GEMV per projection, each checked against cuBLAS's result before it is timed."""
     from xlstm_hf.kernels.decode_triton import SKINNY_TILING
 
     tilings = [dataclasses.replace(SKINNY_TILING, bn=bn, bk=bk, gated_bn=bn, gated_bn_many_rows=bn, gated_bk=bk,
-                                   stages=stages, deep_stages=stages) for bn, bk, stages in itertools.product((16, 32, 64), (128, 256),
-                                                                                             (3, 4, 5))]
+                                   stages=stages, deep_stages=stages)
+               for bn, bk, stages in itertools.product((16, 32, 64), (128, 256), (3, 4, 5))]
     for batch in batches:
         for name, nbytes, cublas, ours in projections(batch):
             timed = []
             for tiling in [SKINNY_TILING, *tilings]:
                 try:
+                    diff = results.relative_difference(ours(tiling)[0](), cublas[0]())
+                    if diff > 2e-2:
+                        print(f"  {tiling}: wrong output (relative difference {diff:.2e})")
+                        continue
                     timed.append((per_call_us(ours(tiling)), tiling))
                 except Exception as error:  # noqa: BLE001  (a tiling that needs more shared memory than there is)
                     print(f"  {tiling}: {str(error)[:80]}")
+            default = next((us for us, t in timed if t is SKINNY_TILING), float("nan"))
             print(f"batch {batch}, {name}: cuBLAS + elementwise {per_call_us(cublas):.1f} µs, default "
-                  f"{timed[0][0]:.1f} µs; fastest:")
-            for us, t in sorted(timed[1:], key=lambda pair: pair[0])[:4]:
+                  f"{default:.1f} µs; fastest:")
+            others = [pair for pair in timed if pair[1] is not SKINNY_TILING]
+            for us, t in sorted(others, key=lambda pair: pair[0])[:4]:
                 print(f"  {us:.1f} µs ({nbytes / us / 1e6:.2f} TB/s) bn {t.bn} bk {t.bk} stages {t.stages}")
 
 

@@ -207,7 +207,7 @@ def sweep(args) -> None:
         grad = torch.randn(args.batch, args.heads, S, args.dv, device="cuda", dtype=torch.bfloat16)
         for L in args.chunk_sizes:
             with torch.no_grad():
-                reference = mlstm_chunkwise_triton(*inputs, chunk_size=L)[0].float()
+                reference = mlstm_chunkwise_triton(*inputs, chunk_size=L)[0]
             for part, options in fields:
                 for option in options:
                     tiling = dataclasses.replace(TILING, **option)
@@ -215,8 +215,8 @@ def sweep(args) -> None:
                     row = dict(S=S, L=L, part=part, **option)
                     try:
                         with torch.no_grad():
-                            diff = (fn().float() - reference).abs().max() / reference.abs().max()
-                        row["rel_diff_to_default"] = float(f"{diff.item():.2e}")
+                            diff = results.relative_difference(fn(), reference)
+                        row["rel_diff_to_default"] = float(f"{diff:.2e}")
                         if diff > 1e-2:
                             row["error"] = "wrong output"
                         else:

@@ -27,6 +27,11 @@ def environment() -> dict:
     return info
 
 
+def relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |ours - reference| / max |reference|: how a sweep tells a tiling that computes something else."""
+    return ((ours.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
+
+
 def write(path: str | None, info: dict, args, rows: list[dict]) -> None:
     """Write {info, args, rows} to `path` (nothing when None), via a temporary file and a rename."""
     if not path:

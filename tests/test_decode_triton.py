@@ -106,26 +106,9 @@ def test_the_model_steps_on_the_decode_kernels_and_matches_the_reference(triton_
     assert not all(torch.equal(ours[1], old[1]) for ours, old in zip(step.cache.state_tensors(), before))
 
 
-def test_the_general_fused_path_takes_more_rows_and_projections_that_cannot_be_packed(triton_backend):
-    model = tiny_model().to(DEVICE)
-    block = model.backbone.blocks[0]
-    x = randn(decode.MAX_ROWS + 1, 1, 128, dtype=torch.float32)
-    state = model.backbone.new_cache(decode.MAX_ROWS + 1).layers[0].state
-    few = tuple(t[:2].contiguous() for t in state)
-    with torch.no_grad():
-        assert block.fused_step(x, state, None) is None
-        assert block.fused_step(x[:2], few, None) is not None
-
-        class Wrapped(torch.nn.Linear):  # as a PEFT layer: packing refuses it
-            pass
-
-        up = block.ffn.proj_up
-        block.ffn.proj_up = Wrapped(up.in_features, up.out_features, bias=False, device=DEVICE)
-        assert block.fused_step(x[:2], few, None) is None
-
-
 class Adapted(torch.nn.Module):
-    """A projection with an adapter beside it, as PEFT wraps one: it exposes the base layer's weight and bias."""
+    """A projection with an adapter beside it, as PEFT wraps one: it exposes the base layer's weight and bias, which
+    alone are not what it computes."""
 
     def __init__(self, base: torch.nn.Linear):
         super().__init__()
@@ -137,6 +120,19 @@ class Adapted(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.adapter(x)
+
+
+def test_the_general_fused_path_takes_more_rows_and_projections_that_cannot_be_packed(triton_backend):
+    model = tiny_model().to(DEVICE)
+    block = model.backbone.blocks[0]
+    x = randn(decode.MAX_ROWS + 1, 1, 128, dtype=torch.float32)
+    state = model.backbone.new_cache(decode.MAX_ROWS + 1).layers[0].state
+    few = tuple(t[:2].contiguous() for t in state)
+    with torch.no_grad():
+        assert block.fused_step(x, state, None) is None
+        assert block.fused_step(x[:2], few, None) is not None
+        block.ffn.proj_up = Adapted(block.ffn.proj_up)  # packing refuses a wrapped layer
+        assert block.fused_step(x[:2], few, None) is None
 
 
 @pytest.mark.parametrize("owner, name", [("mlstm_layer", "out_proj"), ("ffn", "proj_down")])

@@ -208,6 +208,6 @@ def step_gates(i: torch.Tensor, f: torch.Tensor, cap: float, mask: torch.Tensor 
     i_out, f_out = (torch.empty(B, NH, device=i.device, dtype=i.dtype) for _ in range(2))
     n_old, m_old = torch.empty_like(n), torch.empty_like(m)
     dqk = n.shape[-1]
-    _step_gates[(B * NH,)](i, f, _mask_bytes(mask, i_out), n, m, i_out, f_out, n_old, m_old, i.stride(0), f.stride(0), NH, dqk, cap,
-                           HAS_MASK=mask is not None, BK=triton.next_power_of_2(dqk), num_warps=1)
+    _step_gates[(B * NH,)](i, f, _mask_bytes(mask, i_out), n, m, i_out, f_out, n_old, m_old, i.stride(0), f.stride(0),
+                           NH, dqk, cap, HAS_MASK=mask is not None, BK=triton.next_power_of_2(dqk), num_warps=1)
     return i_out, f_out, n_old, m_old
