@@ -7,6 +7,7 @@ Median times from `triton.testing.do_bench`. Needs a CUDA GPU.
 
     python benchmarks/kernels.py --help
     python benchmarks/kernels.py --out results/kernels.json
+    python benchmarks/kernels.py --prefill --lengths 2048 16384      # the inference prefill's fusions
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="per-kernel times of our fw+bw at each S, then stop")
     parser.add_argument("--sweep", action="store_true",
                         help="time our kernels' tilings at each S and chunk size, then stop")
+    parser.add_argument("--prefill", action="store_true",
+                        help="time the mLSTM layer's inference prefill around the cell, fused against separate "
+                             "kernels, at each S, then stop")
     parser.add_argument("--skip", nargs="*", default=[], metavar="TEXT",
                         help="skip the sequence variants whose name contains TEXT (e.g. xl_chunk)")
     parser.add_argument("--out", help="write the results as JSON here")
@@ -228,6 +232,44 @@ def sweep(args) -> None:
                     print(json.dumps(row), flush=True)
 
 
+def layer_prefill(args) -> None:
+    """The mLSTM layer's inference work in and around the cell at each S: `mlstm_prefill_triton` (the gates' soft cap
+    in the gate preparation, the head norm and output gate in the output kernel's epilogue) against the same work as
+    separate kernels (`soft_cap_gates`, the chunkwise forward, `head_norm_gate`). The inputs are views of one packed
+    projection, as in the model. GPU time from CUDA-graph replays; eager time per call (the host's, where it sets
+    the pace)."""
+    from triton.testing import do_bench_cudagraph
+
+    from xlstm_hf.kernels.elementwise_triton import head_norm_gate, soft_cap_gates
+    from xlstm_hf.kernels.mlstm_triton import mlstm_chunkwise_triton, mlstm_prefill_triton
+
+    B, NH, DQK, DV, cap = args.batch, args.heads, args.dqk, args.dv, 15.0
+    for S in args.lengths:
+        projection = torch.randn(B, S, NH * (2 * DQK + 2 * DV + 2), device="cuda", dtype=torch.bfloat16)
+        q, k, v, o, i, f = projection.split([NH * DQK, NH * DQK, NH * DV, NH * DV, NH, NH], -1)
+        q, k, v = (t.view(B, S, NH, -1).transpose(1, 2) for t in (q, k, v))
+        weight = torch.randn(NH * DV, device="cuda", dtype=torch.bfloat16)
+
+        def separate():
+            i_capped, f_capped = soft_cap_gates(i, f, cap)
+            h, _ = mlstm_chunkwise_triton(q, k, v, i_capped.transpose(1, 2), f_capped.transpose(1, 2))
+            return head_norm_gate(h, o, weight, 1e-6)
+
+        variants = {
+            "fused prefill": lambda: mlstm_prefill_triton(q, k, v, i.transpose(1, 2), f.transpose(1, 2), None, cap,
+                                                          None, o, weight)[0],
+            "separate kernels": separate,
+        }
+        with torch.no_grad():
+            reference = separate()
+            for name, fn in variants.items():
+                row = dict(kind="prefill", name=name, B=B, S=S,
+                           rel_diff=float(f"{results.relative_difference(fn(), reference):.2e}"),
+                           gpu_us=round(1000 * do_bench_cudagraph(fn, rep=100, return_mode="median"), 1),
+                           eager_us=round(1000 * bench(fn), 1))
+                print(json.dumps(row), flush=True)
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| kernel | S | fw ms | fw+bw ms | rel. error vs fp64 |", "|---|---|---|---|---|"]
     for r in rows:
@@ -252,8 +294,8 @@ def main(argv=None) -> None:
         for row in time_variant(args, args.only):
             print(json.dumps(row), flush=True)
         return
-    if args.sweep or args.profile:
-        (sweep if args.sweep else profile_ours)(args)
+    if args.sweep or args.profile or args.prefill:
+        (sweep if args.sweep else profile_ours if args.profile else layer_prefill)(args)
         return
     info = results.environment()
     print(json.dumps(info))

@@ -13,7 +13,9 @@ pytest.importorskip("triton")
 
 from xlstm_hf.kernels import mlstm_recurrent_sequence, mlstm_recurrent_step  # noqa: E402
 from xlstm_hf.kernels.mlstm_torch import pad_gates  # noqa: E402
-from xlstm_hf.kernels.mlstm_triton import TILING, mlstm_chunkwise_triton, mlstm_step_triton  # noqa: E402
+from xlstm_hf.kernels.mlstm_triton import (  # noqa: E402
+    TILING, mlstm_chunkwise_triton, mlstm_prefill_triton, mlstm_step_triton,
+)
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
@@ -115,6 +117,69 @@ def test_chunkwise_7b_shapes_bfloat16(S):
 def test_chunkwise_7b_shapes_float32_left_padded(with_state):
     check_against_reference(2, 8, 300, 256, 512, torch.float32, 128, with_state=with_state, tol=5e-4,
                             padding=[0, 37])
+
+
+def check_prefill(B, NH, S, DQK, DV, dtype, with_state, cap, norm, tol, tiling=None):
+    """`mlstm_prefill_triton` (soft cap, left padding of row 1, head norm and output gate) against the float64
+    recurrent reference followed by the same ops in float64."""
+    (q, k, v, i, f), state = make_inputs(B, NH, S, DQK, DV, dtype, with_state=with_state)
+    i, f = 6 * i, 6 * f  # pre-activations, some beyond the cap
+    gen = torch.Generator().manual_seed(2)
+    o = torch.randn(B, S, NH * DV, generator=gen).to(DEVICE, dtype)
+    weight = (1 + torch.randn(NH * DV, generator=gen)).to(DEVICE, dtype)
+    mask = torch.ones(B, S, dtype=torch.bool, device=DEVICE)
+    mask[min(1, B - 1), : S // 3] = False
+    norm_args = (o, weight, 1e-5) if norm else (None, None)
+    out, final = mlstm_prefill_triton(q, k, v, i, f, state, cap, mask, *norm_args, tiling=tiling)
+
+    # The soft cap in the activations' dtype, as the model's modules compute it (h is sensitive to the gates' rounding)
+    i_ref, f_ref = ((x if cap is None else cap * torch.tanh(x / cap)).double() for x in (i, f))
+    i_ref, f_ref = (x.transpose(1, 2) for x in pad_gates(i_ref.transpose(1, 2), f_ref.transpose(1, 2), mask))
+    state_ref = tuple(x.double() for x in state) if state else None
+    ref, final_ref = mlstm_recurrent_sequence(q.double(), k.double(), v.double(), i_ref, f_ref, state_ref)
+    if norm:
+        heads = torch.nn.functional.layer_norm(ref.transpose(1, 2), (DV,), eps=1e-5)
+        ref = torch.sigmoid(o.double()) * heads.flatten(-2) * weight.double()
+    assert out.shape == ref.shape and out.dtype == dtype
+    errors = {"out": relative_error(out, ref)}
+    errors.update({name: relative_error(a, b) for name, a, b in zip("Cnm", final, final_ref)})
+    bad = {name: err for name, err in errors.items() if not err <= tol}
+    assert not bad, f"relative errors above {tol}: {bad}"
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("cap, norm", [(None, False), (15.0, False), (15.0, True)])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 5e-4), (torch.float16, 2e-2)])
+def test_prefill_fuses_the_gate_soft_cap_padding_and_head_norm(with_state, cap, norm, dtype, tol):
+    check_prefill(2, 2, 75, 16, 32, dtype, with_state, cap, norm, tol)
+
+
+def test_prefill_head_norm_after_the_kernel_when_its_tile_is_narrower_than_v():
+    narrow = dataclasses.replace(TILING, out_bv=16)  # v has 32 dims: the epilogue cannot see a whole head
+    check_prefill(2, 2, 40, 16, 32, torch.float32, True, 15.0, True, 5e-4, tiling=narrow)
+
+
+@pytest.mark.skipif(not GPU, reason="7B shapes in bf16 need the GPU (the interpreter's bf16 dot is wrong)")
+@pytest.mark.parametrize("S", [1, 300, 1000])
+def test_prefill_7b_shapes_bfloat16(S):
+    check_prefill(2, 8, S, 256, 512, torch.bfloat16, True, 15.0, True, 3e-2)
+
+
+def test_prefill_refuses_a_gate_without_its_norm():
+    (q, k, v, i, f), _ = make_inputs(1, 2, 8, 16, 16, torch.float32)
+    with pytest.raises(ValueError, match="out_gate and norm_weight"):
+        mlstm_prefill_triton(q, k, v, i, f, out_gate=torch.zeros(1, 8, 32, device=DEVICE))
+
+
+def test_inference_needs_no_autograd_node_and_matches_the_training_forward():
+    inputs, state = make_inputs(2, 2, 50, 16, 24, torch.float32)
+    with torch.no_grad():
+        h, final = mlstm_chunkwise_triton(*inputs, state, chunk_size=16)
+    assert h.grad_fn is None
+    leaves = [x.clone().requires_grad_() for x in inputs]
+    h_train, final_train = mlstm_chunkwise_triton(*leaves, state, chunk_size=16)
+    assert h_train.grad_fn is not None
+    assert torch.equal(h, h_train.detach()) and all(torch.equal(a, b.detach()) for a, b in zip(final, final_train))
 
 
 @pytest.mark.parametrize("DQK, DV, state_dtype", [(16, 16, torch.float32), (24, 40, torch.float32),

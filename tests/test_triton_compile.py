@@ -19,13 +19,13 @@ from xlstm_hf.kernels import decode_triton, elementwise_triton, mlstm_triton, sl
 
 # The pointers to the model's data (bf16 in the 7B), per module; the others (states, gates, statistics) are fp32.
 DATA_POINTERS = {
-    mlstm_triton: {"Q", "K", "V", "H", "DH", "DQ", "DK", "DV_out", "C_states", "DC_states", "F_in", "I_in"},
+    mlstm_triton: {"Q", "K", "V", "H", "DH", "DQ", "DK", "DV_out", "C_states", "DC_states", "F_in", "I_in", "O", "W"},
     elementwise_triton: {"X", "Y", "RES", "W", "OUT", "SUM", "O", "G", "Z", "I", "F", "I_OUT", "F_OUT"},
     slstm_triton: {"GX", "R", "OUT", "DOUT"},
     decode_triton: {"X", "W", "BIAS", "Y", "RES"},
 }
 INTEGERS = {"B", "S", "NC", "S_pad"}  # capitalised, yet sizes rather than tensors
-FLOATS = {"scale", "eps", "cap"}
+FLOATS = {"scale", "eps", "cap", "norm_eps"}
 SM90_SHARED_MEMORY = 232448  # bytes a block may use on sm_90
 
 
@@ -47,6 +47,9 @@ def mlstm_chunkwise_jobs(data: str) -> list[tuple]:
          dict(num_warps=T.state_warps, num_stages=T.state_stages)),
         (mlstm_triton, "_fw_outputs", dict(seven_b, BT=T.out_bt, BK=T.out_bk, BV=T.out_bv), data,
          dict(num_warps=T.out_warps, num_stages=T.out_stages)),
+        # inference's prefill: the head norm and output gate in the epilogue, where the tile covers v's dims
+        *([(mlstm_triton, "_fw_outputs", dict(seven_b, BT=T.out_bt, BK=T.out_bk, BV=T.out_bv, SAVE=False, NORM=True),
+            data, dict(num_warps=T.out_warps, num_stages=T.out_stages))] if T.out_bv >= seven_b["DV"] else []),
         (mlstm_triton, "_bw_states", dict(seven_b, BK=T.state_bk, BV=T.state_bv, HAS_FINAL_GRAD=True), data,
          dict(num_warps=T.bw_state_warps, num_stages=T.bw_state_stages)),
         *((mlstm_triton, name, dict(seven_b, BT=T.grad_bt, BK=T.grad_bk, BV=T.grad_bv), data,
@@ -66,6 +69,7 @@ def decode_job(rows: int, outputs: int, epilogue: int) -> tuple:
 # (module, kernel, constexprs, dtype of the data pointers, launch options)
 JOBS = [
     (mlstm_triton, "_prepare_gates", dict(NH=8, L=128), "bf16", {}),
+    (mlstm_triton, "_prepare_gates", dict(NH=8, L=128, HAS_CAP=True, HAS_MASK=True), "bf16", {}),
     *mlstm_chunkwise_jobs("bf16"),
     *mlstm_chunkwise_jobs("fp32"),  # a model loaded in float32 runs them at the 7B's head dims too
     (mlstm_triton, "_step", dict(NH=8, DQK=256, DV=512, BK=256, BV=64), "bf16", {}),

@@ -34,7 +34,7 @@ def fused_kernels() -> SimpleNamespace:
     """The Triton kernels of the fused inference paths, imported on first use (Triton is optional)."""
     from .kernels.decode_triton import MAX_ROWS, skinny_linear  # noqa: F401
     from .kernels.elementwise_triton import head_norm_gate, rms_norm, silu_mul, soft_cap_gates, step_gates  # noqa: F401
-    from .kernels.mlstm_triton import mlstm_step_triton  # noqa: F401
+    from .kernels.mlstm_triton import mlstm_prefill_triton, mlstm_step_triton  # noqa: F401
 
     return SimpleNamespace(**locals())
 
@@ -177,21 +177,27 @@ class XLSTMLayer(nn.Module):
         cell's kernels, "torch" or "triton" (by default resolved from the config, see `xlstm_hf.kernels.backend`)."""
         B, S, _ = x.shape
         q, k, v, o, i, f = self.project(x, packed=fused)
-        cap = self.gate_soft_cap
+        cap, norm = self.gate_soft_cap, self.multihead_norm
+        heads = lambda t: t.view(B, S, self.num_heads, -1).transpose(1, 2)  # noqa: E731
+        if fused and (S > 1 or state is None):
+            # Prefill: the gates' soft cap and padding, the head norm and the output gate inside the cell's kernels.
+            y, state = fused_kernels().mlstm_prefill_triton(
+                heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2), state, cap, mask, o, norm.weight,
+                norm.eps, self.eps,
+            )
+            return self.out_proj(y), state
         if fused:
             i, f = fused_kernels().soft_cap_gates(i, f, cap, mask)
         else:
             i, f = pad_gates(soft_cap(i, cap), soft_cap(f, cap), mask)
-        heads = lambda t: t.view(B, S, self.num_heads, -1).transpose(1, 2)  # noqa: E731
         h, state = mlstm(
             heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2), state,
             chunk_size=self.chunk_size, eps=self.eps,
             backend=backend or resolve_backend(x.device, self.config.kernel_preference),
         )
         if fused:
-            norm = self.multihead_norm
             return self.out_proj(fused_kernels().head_norm_gate(h, o, norm.weight, norm.eps)), state
-        h = self.multihead_norm(h.transpose(1, 2))
+        h = norm(h.transpose(1, 2))
         return self.out_proj(torch.sigmoid(o) * h), state
 
 

@@ -1,7 +1,8 @@
 """mLSTM cell kernels on plain tensors. They know nothing of transformers.
 
 * :mod:`.mlstm_torch`: the pure-PyTorch reference (recurrent step and sequence, chunkwise, parallel), the spec.
-* :mod:`.mlstm_triton`: Triton kernels (chunkwise forward/backward, fused step), imported only when used.
+* :mod:`.mlstm_triton`: Triton kernels (chunkwise forward/backward, an inference prefill with the mLSTM layer's gate
+  and head-norm work fused in, fused step), imported only when used.
 * :mod:`.backend`: the run-time choice between them, and :func:`mlstm`, the entry point the model calls.
 """
 

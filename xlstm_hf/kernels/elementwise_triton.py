@@ -53,6 +53,18 @@ def _rms_norm(X, RES, W, OUT, SUM, s_x, s_r, s_o, s_s, d, eps, HAS_RESIDUAL: tl.
 
 
 @triton.jit
+def _norm_gate(h, o, weight, cols_ok, dv, eps, dtype: tl.constexpr):
+    """`sigmoid(o) * (LayerNorm(h) * weight)` over the columns of (rows, BD) fp32 tiles, of which `cols_ok` marks the
+    `dv` real ones (h 0 elsewhere), each op rounded to `dtype` as the modules' ops are."""
+    mean = tl.sum(h, axis=1) / dv
+    centred = tl.where(cols_ok[None, :], h - mean[:, None], 0.0)
+    var = tl.sum(centred * centred, axis=1) / dv
+    normed = _round(centred * tl.rsqrt(var + eps)[:, None], dtype)
+    normed = _round(normed * weight[None, :], dtype)
+    return _round(_sigmoid(o), dtype) * normed
+
+
+@triton.jit
 def _head_norm_gate(H, O, W, OUT, s_hb, s_hh, s_hs, s_ob, s_os, s_outb, s_outs, length, dv, eps,
                     BD: tl.constexpr):
     """One program per (batch * position, head): h[b, head, s, :] normalised, weighted and gated."""
@@ -60,17 +72,12 @@ def _head_norm_gate(H, O, W, OUT, s_hb, s_hh, s_hs, s_ob, s_os, s_outb, s_outs, 
     b, s = pid // length, pid % length
     cols = tl.arange(0, BD)
     mask = cols < dv
-    dtype = OUT.dtype.element_ty
     h = tl.load(H + b * s_hb + head * s_hh + s * s_hs + cols, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(h, axis=0) / dv
-    centred = tl.where(mask, h - mean, 0.0)
-    var = tl.sum(centred * centred, axis=0) / dv
-    normed = _round(centred * tl.rsqrt(var + eps), dtype)
     weight = tl.load(W + head * dv + cols, mask=mask, other=0.0).to(tl.float32)
-    normed = _round(normed * weight, dtype)
     o = tl.load(O + b * s_ob + s * s_os + head * dv + cols, mask=mask, other=0.0).to(tl.float32)
-    gate = _round(_sigmoid(o), dtype)
-    tl.store(OUT + b * s_outb + s * s_outs + head * dv + cols, (gate * normed).to(dtype), mask=mask)
+    out = _norm_gate(h[None, :], o[None, :], weight, mask, dv, eps, OUT.dtype.element_ty)
+    tl.store(OUT + b * s_outb + s * s_outs + head * dv + cols[None, :], out.to(OUT.dtype.element_ty),
+             mask=mask[None, :])
 
 
 @triton.jit
@@ -85,11 +92,12 @@ def _silu_mul(G, Z, OUT, s_g, s_z, s_o, d, BD: tl.constexpr):
 
 
 @triton.jit
-def _capped_gates(i, f, cap, keep, dtype: tl.constexpr, HAS_MASK: tl.constexpr):
-    """Soft-capped i and f as `soft_cap(x, cap) = cap * tanh(x / cap)` in the activation dtype (a rounding after
-    each of the three ops); where `keep` is False (padding), i = -inf and f = +inf."""
-    i = _round(cap * _round(_tanh(_round(i / cap, dtype)), dtype), dtype)
-    f = _round(cap * _round(_tanh(_round(f / cap, dtype)), dtype), dtype)
+def _capped_gates(i, f, cap, keep, dtype: tl.constexpr, HAS_MASK: tl.constexpr, HAS_CAP: tl.constexpr = True):
+    """Soft-capped i and f (with HAS_CAP) as `soft_cap(x, cap) = cap * tanh(x / cap)` in the activation dtype (a
+    rounding after each of the three ops); where `keep` is False (padding), i = -inf and f = +inf."""
+    if HAS_CAP:
+        i = _round(cap * _round(_tanh(_round(i / cap, dtype)), dtype), dtype)
+        f = _round(cap * _round(_tanh(_round(f / cap, dtype)), dtype), dtype)
     if HAS_MASK:
         i = tl.where(keep, i, float("-inf"))
         f = tl.where(keep, f, float("inf"))

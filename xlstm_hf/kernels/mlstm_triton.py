@@ -11,6 +11,9 @@ untouched). Per (batch, head):
 * ``_prepare_gates`` first: the gates in fp32, padded to whole chunks, with their within-chunk sums and maxima.
 * ``_fw_outputs``: every chunk in parallel, in row blocks: the incoming state's contribution plus the causal
   intra-chunk part, with the exact per-position stabiliser m_t (from the chunk's m and the within-chunk maxima).
+* inference (``mlstm_prefill_triton``): the same kernels, with the mLSTM layer's work around the cell fused in: the
+  gates' soft cap and padding in ``_prepare_gates``, the head norm and output gate in ``_fw_outputs``' epilogue (its
+  tile spans a head's v dims), and nothing stored for a backward.
 * backward: ``_denominator_grads`` goes through the normaliser, ``_bw_states`` runs the state gradient backwards
   over chunks (stabilised by the forward's chunk m's), then ``_bw_dq``, ``_bw_dk`` and ``_bw_dv`` are parallel over
   chunks. The gate gradients follow from the identities  sum_j dlogW_tj = q_t . dq_t  and
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .elementwise_triton import _capped_gates, _mask_bytes, _norm_gate, _round, head_norm_gate
 from .mlstm_torch import MLSTMState
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -141,12 +145,16 @@ def _fw_states(
 
 @triton.jit
 def _fw_outputs(
-    Q, K, V, H, B_gate, I_gate, CMAX, M_pos, C_states, N_states, M_states, DEN,
-    s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_hb, s_hh, s_hs,
-    scale, eps,
+    Q, K, V, H, B_gate, I_gate, CMAX, M_pos, C_states, N_states, M_states, DEN, O, W,
+    s_qb, s_qh, s_qs, s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_hb, s_hh, s_hs, s_ob, s_os,
+    scale, eps, norm_eps, S,
     NH: tl.constexpr, NC, L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IEEE: tl.constexpr,
+    SAVE: tl.constexpr = True, NORM: tl.constexpr = False,
 ):
+    """h, or with NORM (BV covering DV) `sigmoid(o) * (LayerNorm(h) * W)` of each head into H as (B, S, NH * DV),
+    from o (B, S, NH * DV) and W (NH * DV): the mLSTM layer's head norm and output gate, without a pass of their own.
+    SAVE: also store m_t and the denominator, for the backward."""
     pid_bh, pid_r, pid_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, h = pid_bh // NH, pid_bh % NH
     blocks_per_chunk: tl.constexpr = L // BT
@@ -161,7 +169,7 @@ def _fw_outputs(
     # The exact recurrent stabiliser: m_t = max(b_t + m_{k-1}, b_t + max_{j<=t in chunk}(i_j - b_j)); kept for the
     # backward.
     m_t = b_t + tl.maximum(m_prev, tl.load(CMAX + gate_base + offs_t))
-    if pid_v == 0:
+    if SAVE and pid_v == 0:
         tl.store(M_pos + gate_base + offs_t, m_t)
     q_base = Q + b * s_qb + h * s_qh
     k_base = K + b * s_kb + h * s_kh
@@ -186,9 +194,19 @@ def _fw_outputs(
         den += tl.sum(p, axis=1)
 
     h_tile = num / (tl.maximum(tl.abs(den), tl.exp(-m_t)) + eps)[:, None]
-    h_base = H + b * s_hb + h * s_hh
-    tl.store(h_base + offs_t[:, None] * s_hs + offs_v[None, :], h_tile.to(H.dtype.element_ty), mask=mask_v[None, :])
-    if pid_v == 0:
+    if NORM:  # h as the cell would store it, then the head norm
+        rows_ok = offs_t < S
+        weight = tl.load(W + h * DV + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+        o = tl.load(O + b * s_ob + offs_t[:, None] * s_os + h * DV + offs_v[None, :],
+                    mask=rows_ok[:, None] & mask_v[None, :], other=0.0).to(tl.float32)
+        h_tile = _norm_gate(_round(h_tile, V.dtype.element_ty), o, weight, mask_v, DV, norm_eps, H.dtype.element_ty)
+        tl.store(H + b * s_hb + offs_t[:, None] * s_hs + h * DV + offs_v[None, :], h_tile.to(H.dtype.element_ty),
+                 mask=rows_ok[:, None] & mask_v[None, :])
+    else:
+        h_base = H + b * s_hb + h * s_hh
+        tl.store(h_base + offs_t[:, None] * s_hs + offs_v[None, :], h_tile.to(H.dtype.element_ty),
+                 mask=mask_v[None, :])
+    if SAVE and pid_v == 0:
         tl.store(DEN + gate_base + offs_t, den)
 
 
@@ -602,18 +620,24 @@ def _running_max(a, b):
 
 @triton.jit
 def _prepare_gates(
-    I_in, F_in, LOG_F, B_gate, I_gate, CMAX, s_ib, s_ih, s_is, s_fb, s_fh, s_fs, S,
-    NH: tl.constexpr, L: tl.constexpr,
+    I_in, F_in, MASK, LOG_F, B_gate, I_gate, CMAX, s_ib, s_ih, s_is, s_fb, s_fh, s_fs, S, cap,
+    NH: tl.constexpr, L: tl.constexpr, HAS_CAP: tl.constexpr = False, HAS_MASK: tl.constexpr = False,
 ):
     """One chunk of one (batch, head), in fp32 and padded to whole chunks: the log forget gates (0 past the sequence),
     their cumulative sums within the chunk b_t, the input gates (-inf past the sequence: no input), and the running
-    max of i_j - b_j within the chunk (the stabiliser's intra-chunk part)."""
+    max of i_j - b_j within the chunk (the stabiliser's intra-chunk part). With HAS_CAP / HAS_MASK the inputs are
+    pre-activations, soft-capped at `cap` and padded where MASK (B, S bytes) is 0, as `_capped_gates` does."""
     pid_bh, chunk = tl.program_id(0), tl.program_id(1)
     b, h = pid_bh // NH, pid_bh % NH
     t = chunk * L + tl.arange(0, L)
     real = t < S
     f = tl.load(F_in + b * s_fb + h * s_fh + t * s_fs, mask=real, other=0.0).to(tl.float32)
     i = tl.load(I_in + b * s_ib + h * s_ih + t * s_is, mask=real, other=0.0).to(tl.float32)
+    if HAS_CAP or HAS_MASK:
+        keep = real
+        if HAS_MASK:
+            keep = tl.load(MASK + b * S + t, mask=real, other=1) != 0
+        i, f = _capped_gates(i, f, cap, keep, I_in.dtype.element_ty, HAS_MASK, HAS_CAP)
     log_f = tl.where(real, tl.minimum(f, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f))), 0.0)  # logsigmoid, both ways stable
     i = tl.where(real, i, float("-inf"))
     b_t = tl.cumsum(log_f, 0)
@@ -624,15 +648,21 @@ def _prepare_gates(
     tl.store(CMAX + out, tl.associative_scan(i - b_t, 0, _running_max))
 
 
-def _forward(q, k, v, i, f, initial_state, L, eps, tiling: Tiling):
+def _forward(q, k, v, i, f, initial_state, L, eps, tiling: Tiling, cap=None, mask=None, norm=None, save=True):
+    """h (B, NH, S, DV), the final state, and what the backward needs (None unless `save`). `cap`, `mask` (B, S):
+    i and f are pre-activations, soft-capped and padded in the gate preparation; `norm` = (o, weight, eps): the
+    output kernel returns the gated head norm (B, S, NH * DV) instead of h (its BV must cover DV)."""
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     NC = triton.cdiv(S, L)
     S_pad = NC * L
     q, k, v = (_prepare(x, S_pad) for x in (q, k, v))
     dev, f32 = q.device, torch.float32
-    log_f, b_gate, i_gate, cmax = (torch.empty(B * NH, S_pad, device=dev, dtype=f32) for _ in range(4))
-    _prepare_gates[(B * NH, NC)](i, f, log_f, b_gate, i_gate, cmax, *_strides(i), *_strides(f), S, NH=NH, L=L)
+    log_f, b_gate, i_gate, cmax = torch.empty(4, B * NH, S_pad, device=dev, dtype=f32).unbind(0)
+    _prepare_gates[(B * NH, NC)](
+        i, f, _mask_bytes(mask, log_f), log_f, b_gate, i_gate, cmax, *_strides(i), *_strides(f), S,
+        1.0 if cap is None else cap, NH=NH, L=L, HAS_CAP=cap is not None, HAS_MASK=mask is not None,
+    )
     ieee = q.dtype == torch.float32
     # Chunk states in the input dtype: the dots that read them run in that dtype anyway (fp32 inputs: fp32).
     C_states = torch.empty(B * NH, NC, DQK, DV, device=dev, dtype=q.dtype)
@@ -650,19 +680,28 @@ def _forward(q, k, v, i, f, initial_state, L, eps, tiling: Tiling):
         NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_INITIAL=has_initial, IEEE=ieee,
         num_warps=tiling.state_warps, num_stages=tiling.state_stages,
     )
-    m_pos = torch.empty(B * NH, S_pad, device=dev, dtype=f32)
-    h = torch.empty(B, NH, S_pad, DV, device=dev, dtype=v.dtype)
-    den = torch.empty(B * NH, S_pad, device=dev, dtype=f32)
+    # Unsaved statistics and an unused gate point at b_gate: the kernel stores none of them.
+    m_pos, den = (torch.empty(B * NH, S_pad, device=dev, dtype=f32) for _ in range(2)) if save else (b_gate, b_gate)
     BT, BK, BV = min(tiling.out_bt, L), _fit(tiling.out_bk, DQK), _fit(tiling.out_bv, DV)
+    if norm is None:
+        o, weight, norm_eps = b_gate, b_gate, 0.0
+        h = torch.empty(B, NH, S_pad, DV, device=dev, dtype=v.dtype)
+        s_h, s_o = _strides(h), (0, 0)
+    else:
+        o, weight, norm_eps = norm
+        o = o if o.stride(-1) == 1 else o.contiguous()
+        h = torch.empty(B, S, NH * DV, device=dev, dtype=o.dtype)
+        s_h, s_o = (h.stride(0), 0, h.stride(1)), o.stride()[:2]  # (batch, head: unused, position)
     _fw_outputs[(B * NH, NC * (L // BT), triton.cdiv(DV, BV))](
-        q, k, v, h, b_gate, i_gate, cmax, m_pos, C_states, N_states, M_states, den,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(h),
-        DQK**-0.5, eps,
-        NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, BT=BT, BK=BK, BV=BV, IEEE=ieee,
+        q, k, v, h, b_gate, i_gate, cmax, m_pos, C_states, N_states, M_states, den, o, weight,
+        *_strides(q), *_strides(k), *_strides(v), *s_h, *s_o,
+        DQK**-0.5, eps, norm_eps, S,
+        NH=NH, NC=NC, L=L, DQK=DQK, DV=DV, BT=BT, BK=BK, BV=BV, IEEE=ieee, SAVE=save, NORM=norm is not None,
         num_warps=tiling.out_warps, num_stages=tiling.out_stages,
     )
-    saved = (q, k, v, h, log_f, b_gate, i_gate, m_pos, M_states, C_states, N_states, den, C_out, N_out, C0, N0, M0)
-    return h[:, :, :S], (C_out, N_out, M_out), saved
+    saved = (q, k, v, h, log_f, b_gate, i_gate, m_pos, M_states, C_states, N_states, den, C_out, N_out, C0, N0,
+             M0) if save else None
+    return (h if norm is not None else h[:, :, :S]), (C_out, N_out, M_out), saved
 
 
 def _backward(saved, f, S, L, eps, dh, dC, dn, dm, need_initial, tiling: Tiling):
@@ -777,13 +816,61 @@ def mlstm_chunkwise_triton(
     :func:`xlstm_hf.kernels.mlstm_torch.mlstm_chunkwise`; `chunk_size` (a power of two >= 16) is the kernels'
     own (default 128); `tiling` overrides the block sizes (benchmarks; sizes for 2-byte inputs, see
     `Tiling.for_dtype`)."""
+    L, tiling = _chunk_size(chunk_size, q.shape[2]), (tiling or TILING).for_dtype(q.dtype)
+    inputs = (q, k, v, i, f, *(initial_state or ()))
+    if not (torch.is_grad_enabled() and any(x.requires_grad for x in inputs)):  # inference: no autograd node
+        h, state, _ = _forward(q, k, v, i, f, initial_state, L, eps, tiling, save=False)
+        return h, state
+    C0, n0, m0 = initial_state if initial_state is not None else (None, None, None)
+    h, C, n, m = _MLSTMChunkwise.apply(q, k, v, i, f, C0, n0, m0, L, eps, tiling)
+    return h, (C, n, m)
+
+
+def mlstm_prefill_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    initial_state: MLSTMState | None = None,
+    gate_soft_cap: float | None = None,
+    mask: torch.Tensor | None = None,
+    out_gate: torch.Tensor | None = None,
+    norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
+    eps: float = 1e-6,
+    chunk_size: int | None = None,
+    tiling: Tiling | None = None,
+) -> tuple[torch.Tensor, MLSTMState]:
+    """The chunkwise forward for inference (no autograd), with the mLSTM layer's work around the cell fused in.
+
+    q, k, v, the state and `chunk_size` as in :func:`mlstm_chunkwise_triton`; i and f (B, NH, S) are the gates'
+    pre-activations, soft-capped here (`soft_cap(x, gate_soft_cap)`, None: as given) and padded where `mask` (B, S)
+    is False (the position leaves the state untouched), in the gate preparation. With `out_gate` o (B, S, NH * DV)
+    and `norm_weight` (NH * DV), returns `sigmoid(o) * (LayerNorm(h) * norm_weight)`, the head norm over each
+    head's DV dims (eps `norm_eps`), as (B, S, NH * DV), from the output kernel's epilogue where its tile covers DV
+    (else as :func:`xlstm_hf.kernels.elementwise_triton.head_norm_gate` does, after it); otherwise h (B, NH, S, DV).
+    Each op of the soft cap and the norm is rounded to the activations' dtype, as the PyTorch modules' ops are.
+    """
+    if (out_gate is None) != (norm_weight is None):
+        raise ValueError("pass out_gate and norm_weight together (the head norm and output gate), or neither")
+    L, tiling = _chunk_size(chunk_size, q.shape[2]), (tiling or TILING).for_dtype(q.dtype)
+    fuse_norm = out_gate is not None and _fit(tiling.out_bv, v.shape[-1]) >= v.shape[-1]
+    with torch.no_grad():
+        out, state, _ = _forward(q, k, v, i, f, initial_state, L, eps, tiling, gate_soft_cap, mask,
+                                 (out_gate, norm_weight, norm_eps) if fuse_norm else None, save=False)
+        if out_gate is not None and not fuse_norm:
+            out = head_norm_gate(out, out_gate, norm_weight, norm_eps)
+    return out, state
+
+
+def _chunk_size(chunk_size: int | None, length: int) -> int:
+    """The kernels' chunk length: `chunk_size` (default 128; a power of two >= 16), no longer than the sequence
+    needs."""
     L = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     if L < 16 or L & (L - 1):
         raise ValueError(f"chunk_size must be a power of two >= 16 for the Triton kernels, got {L}")
-    L = min(L, _pow2(q.shape[2]))  # a short sequence needs no long chunk
-    C0, n0, m0 = initial_state if initial_state is not None else (None, None, None)
-    h, C, n, m = _MLSTMChunkwise.apply(q, k, v, i, f, C0, n0, m0, L, eps, (tiling or TILING).for_dtype(q.dtype))
-    return h, (C, n, m)
+    return min(L, _pow2(length))
 
 
 def mlstm_step_triton(
