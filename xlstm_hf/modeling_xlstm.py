@@ -186,7 +186,7 @@ class XLSTMLayer(nn.Module):
                 norm.eps, self.eps,
             )
             return self.out_proj(y), state
-        if fused:
+        if fused:  # one token after a state, which `XLSTMBlock.fused_step` declined: the step kernel, in place
             i, f = fused_kernels().soft_cap_gates(i, f, cap, mask)
         else:
             i, f = pad_gates(soft_cap(i, cap), soft_cap(f, cap), mask)

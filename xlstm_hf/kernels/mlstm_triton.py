@@ -815,13 +815,12 @@ def mlstm_chunkwise_triton(
     """Chunkwise mLSTM on Triton, with autograd. Same arguments and results as
     :func:`xlstm_hf.kernels.mlstm_torch.mlstm_chunkwise`; `chunk_size` (a power of two >= 16) is the kernels'
     own (default 128); `tiling` overrides the block sizes (benchmarks; sizes for 2-byte inputs, see
-    `Tiling.for_dtype`)."""
-    L, tiling = _chunk_size(chunk_size, q.shape[2]), (tiling or TILING).for_dtype(q.dtype)
-    inputs = (q, k, v, i, f, *(initial_state or ()))
-    if not (torch.is_grad_enabled() and any(x.requires_grad for x in inputs)):  # inference: no autograd node
-        h, state, _ = _forward(q, k, v, i, f, initial_state, L, eps, tiling, save=False)
-        return h, state
+    `Tiling.for_dtype`). When nothing needs a gradient it runs as :func:`mlstm_prefill_triton`."""
+    if not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, i, f, *(initial_state or ())))):
+        # Inference: no autograd node, nothing saved for a backward.
+        return mlstm_prefill_triton(q, k, v, i, f, initial_state, eps=eps, chunk_size=chunk_size, tiling=tiling)
     C0, n0, m0 = initial_state if initial_state is not None else (None, None, None)
+    L, tiling = _chunk_size(chunk_size, q.shape[2]), (tiling or TILING).for_dtype(q.dtype)
     h, C, n, m = _MLSTMChunkwise.apply(q, k, v, i, f, C0, n0, m0, L, eps, tiling)
     return h, (C, n, m)
 
