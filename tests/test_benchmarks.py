@@ -27,7 +27,7 @@ def test_generation_benchmark_tiny(tmp_path):
 
 def test_benchmarks_have_help():
     for script in ("generation.py", "kernels.py", "decode_layer.py", "prefill_memory.py", "training.py", "plots.py",
-                   "slstm.py"):
+                   "slstm.py", "gemm_power.py"):
         run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True,
                              text=True, timeout=120)
         assert run.returncode == 0 and "usage:" in run.stdout, run.stderr[-1000:]

@@ -92,6 +92,26 @@ def test_cuda_graph_follows_the_cache_and_the_weights():
     assert (replaced - halved).abs().max() > 1e-2
 
 
+def test_a_new_cache_is_zeros_on_recycled_memory_and_a_one_token_prompt_decodes_from_it():
+    # The cache allocates without filling and zeroes all its tensors in one launch: on the caching allocator's
+    # recycled blocks, that launch is all that makes them zeros. A one-token prompt replays the decode graph on them.
+    model = tiny_model(hidden_size=256, num_heads=2, num_hidden_layers=2).cuda()
+    ids = random_ids(3, 1).cuda()
+    with torch.no_grad():
+        expected = model(ids).logits  # no cache passed: a fresh state, read from no tensor
+        for _ in range(3):
+            freed = model.backbone.new_cache(3)
+            for tensor in freed.state_tensors():
+                tensor.fill_(float("nan"))
+            pointers = {tensor.data_ptr() for tensor in freed.state_tensors()}
+            del freed
+            cache = model.backbone.new_cache(3)
+            assert cache.layers[0].C.data_ptr() in pointers  # the premise: allocated on the NaN-filled blocks
+            assert all(torch.count_nonzero(tensor) == 0 for tensor in cache.state_tensors())
+            assert (model(ids, cache=cache).logits - expected).abs().max() < 1e-4
+        assert model._decode_graphs
+
+
 def test_one_capture_serves_later_generate_calls_and_earlier_caches_keep_their_state():
     model = tiny_model(hidden_size=256, num_heads=2, num_hidden_layers=2).cuda()
     ids = random_ids(2, 30).cuda()

@@ -9,6 +9,15 @@ from .configuration_xlstm import XLSTMConfig
 from .kernels import MLSTMState
 
 
+def copy_states(buffers: list[tuple[torch.Tensor, ...]], states: list[tuple[torch.Tensor, ...]]) -> None:
+    """Copy each state tensor into its buffer, all in one multi-tensor launch where they share a device (a prefill
+    ends with ~100 of them), skipping those that already are the buffer (the fused step kernel wrote them in place).
+    Detached: a cache carries values between calls, never a graph (a later in-place update would break it)."""
+    pairs = [(buffer, new.detach()) for pair in zip(buffers, states) for buffer, new in zip(*pair) if new is not buffer]
+    if pairs:
+        torch._foreach_copy_(*(list(tensors) for tensors in zip(*pairs)))
+
+
 class XLSTMCacheLayer:
     """The mLSTM state of one layer: C (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH), in static tensors.
 
@@ -21,10 +30,8 @@ class XLSTMCacheLayer:
     is_sliding = False
     supports_early_init = False
 
-    def __init__(self, batch_size: int, num_heads: int, qk_head_dim: int, v_head_dim: int, device, dtype):
-        self.C = torch.zeros(batch_size, num_heads, qk_head_dim, v_head_dim, device=device, dtype=dtype)
-        self.n = torch.zeros(batch_size, num_heads, qk_head_dim, device=device, dtype=dtype)
-        self.m = torch.zeros(batch_size, num_heads, device=device, dtype=dtype)
+    def __init__(self, C: torch.Tensor, n: torch.Tensor, m: torch.Tensor):
+        self.C, self.n, self.m = C, n, m
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(C={tuple(self.C.shape)}, dtype={self.C.dtype})"
@@ -38,14 +45,10 @@ class XLSTMCacheLayer:
         return self.C.shape[0]
 
     def update(self, state: MLSTMState) -> None:
-        # Detached: the cache carries values between calls, never a graph (a later in-place update would break it).
-        for buffer, new in zip(self.state, state):
-            if new is not buffer:  # the fused step kernel has already written it in place
-                buffer.copy_(new.detach())
+        copy_states([self.state], [state])
 
     def reset(self) -> None:
-        for buffer in self.state:
-            buffer.zero_()
+        torch._foreach_zero_(list(self.state))
 
     def _replace(self, fn) -> None:
         self.C, self.n, self.m = (fn(t) for t in self.state)
@@ -95,12 +98,12 @@ class XLSTMCache(Cache):
         devices = device if isinstance(device, (list, tuple)) else [device] * config.num_hidden_layers
         if len(devices) != config.num_hidden_layers:
             raise ValueError(f"device lists {len(devices)} devices for {config.num_hidden_layers} layers")
-        layers = [
-            XLSTMCacheLayer(batch_size, config.num_heads, config.qk_head_dim, config.v_head_dim, layer_device, dtype)
-            for layer_device in devices
-        ]
+        shapes = [(batch_size, config.num_heads, config.qk_head_dim, config.v_head_dim),
+                  (batch_size, config.num_heads, config.qk_head_dim), (batch_size, config.num_heads)]
+        layers = [XLSTMCacheLayer(*(torch.empty(shape, device=layer_device, dtype=dtype) for shape in shapes))
+                  for layer_device in devices]
         super().__init__(layers=layers)
-        self.seen_tokens = 0
+        self.reset()  # one multi-tensor fill, not one per tensor: this runs before a prefill's first kernel
 
     def __repr__(self) -> str:
         layer = self.layers[0]
@@ -114,7 +117,7 @@ class XLSTMCache(Cache):
         return self.seen_tokens
 
     def reset(self) -> None:
-        super().reset()
+        torch._foreach_zero_(self.state_tensors())
         self.seen_tokens = 0
 
     def states_to_continue(self) -> list[tuple | None]:
@@ -127,8 +130,7 @@ class XLSTMCache(Cache):
 
     def absorb(self, states: list[tuple], length: int) -> None:
         """Store the states a forward pass over `length` more tokens ended in."""
-        for layer, state in zip(self.layers, states):
-            layer.update(state)
+        copy_states([layer.state for layer in self.layers], states)
         self.seen_tokens += length
 
     def state_tensors(self) -> list[torch.Tensor]:

@@ -67,8 +67,7 @@ class SharedState:
         previous = self.borrower()
         if previous is not None and previous is not cache and self.held_by(previous):
             previous.bind_state([t.clone() for t in self.tensors])
-        for own, new in zip(self.tensors, cache.state_tensors()):
-            own.copy_(new)
+        torch._foreach_copy_(self.tensors, cache.state_tensors())
         cache.bind_state(self.tensors)
         self.borrower = weakref.ref(cache)
 
