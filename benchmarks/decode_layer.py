@@ -22,14 +22,6 @@ import torch.nn.functional as F
 COPIES = 4  # weight copies per timed call: 4 x the smallest projection (32 MiB) is more than an H200's L2
 
 
-def seven_b_shapes() -> tuple[int, int, int]:
-    """Hidden size, FFN width and the packed width of q, k, v, o and both gates (12304) of the 7B config."""
-    from xlstm_hf import XLSTMConfig
-
-    config = XLSTMConfig()
-    return config.hidden_size, config.ffn_dim, 2 * config.qk_dim + 2 * config.v_dim + 2 * config.num_heads
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
@@ -52,7 +44,8 @@ def projections(batch: int):
     from xlstm_hf.kernels.decode_triton import skinny_linear
     from xlstm_hf.kernels.elementwise_triton import silu_mul
 
-    hidden, ffn, packed = seven_b_shapes()
+    shapes = results.seven_b_gemms()
+    (packed, hidden), ffn = shapes["projections"], shapes["down"][1]
     rand = lambda *shape: torch.randn(*shape, device="cuda", dtype=torch.bfloat16)  # noqa: E731
     weights = lambda n, k: [rand(n, k) * k**-0.5 for _ in range(COPIES)]  # noqa: E731
     x, h, x_ffn, residual = rand(batch, hidden), rand(batch, hidden), rand(batch, ffn), rand(batch, hidden)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -24,18 +23,6 @@ import results
 import torch
 import torch.nn.functional as F
 
-
-def gemm_shapes() -> dict[str, tuple[int, int]]:
-    """(out_features, in_features) of the 7B's prefill GEMMs, from its config: the packed q/k/v/o/gate projection,
-    the output projection, the FFN's packed up projections and its down projection."""
-    from xlstm_hf import XLSTMConfig
-
-    c = XLSTMConfig()
-    return {"projections": (2 * c.qk_dim + 2 * c.v_dim + 2 * c.num_heads, c.hidden_size),
-            "out_proj": (c.hidden_size, c.v_dim), "up": (2 * c.ffn_dim, c.hidden_size),
-            "down": (c.hidden_size, c.ffn_dim)}
-
-
 FLOP_PER_CLOCK_PER_SM = 4096  # dense bf16 tensor-core FLOP, Hopper
 # clock_event_reasons bit 2 (0x4) is "SW power cap".
 FIELDS = "clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active"
@@ -43,8 +30,7 @@ FIELDS = "clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active"
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gemms", nargs="+", default=["up", "projections"],
-                        choices=["projections", "out_proj", "up", "down"])
+    parser.add_argument("--gemms", nargs="+", default=["up", "projections"], choices=list(results.seven_b_gemms()))
     parser.add_argument("--rows", type=int, nargs="+", default=[2048, 16384], help="tokens a GEMM (M)")
     parser.add_argument("--seconds", type=float, default=3.0, help="how long each loop runs")
     parser.add_argument("--out", help="write the results as JSON here")
@@ -112,7 +98,7 @@ def main(argv=None) -> None:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     telemetry = Telemetry()
     time.sleep(1.0)  # the first samples
-    rows, shapes = [], gemm_shapes()
+    rows, shapes = [], results.seven_b_gemms()
     try:
         for name in args.gemms:
             out_features, in_features = shapes[name]
@@ -144,4 +130,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,4 +1,5 @@
-"""What every benchmark records beside its numbers: the machine and the versions, written as JSON atomically."""
+"""What every benchmark records beside its numbers: the machine and the versions, written as JSON atomically; and
+what several of them share: the 7B's GEMM shapes, and how a sweep tells a variant that computes something else."""
 
 from __future__ import annotations
 
@@ -25,6 +26,17 @@ def environment() -> dict:
     except ImportError:
         pass
     return info
+
+
+def seven_b_gemms() -> dict[str, tuple[int, int]]:
+    """(out_features, in_features) of the 7B's GEMMs, from its config: the packed projection of q, k, v, o and both
+    gates, the output projection, the FFN's packed up projections (gate and up) and its down projection."""
+    from xlstm_hf import XLSTMConfig
+
+    c = XLSTMConfig()
+    return {"projections": (2 * c.qk_dim + 2 * c.v_dim + 2 * c.num_heads, c.hidden_size),
+            "out_proj": (c.hidden_size, c.v_dim), "up": (2 * c.ffn_dim, c.hidden_size),
+            "down": (c.hidden_size, c.ffn_dim)}
 
 
 def relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
