@@ -123,6 +123,8 @@ def test_meta_device_and_device_map(tmp_path):
         empty = XLSTMForCausalLM(tiny_config())
     assert all(p.device.type == "meta" for p in empty.parameters())
     mapped = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="auto")
-    assert {p.device.type for p in mapped.parameters()} == {"cpu"}
+    gpu = torch.cuda.is_available()  # accelerate fills the GPU first; there the kernels are Triton's, not PyTorch's
+    assert {p.device.type for p in mapped.parameters()} == {"cuda" if gpu else "cpu"}
     ids = random_ids(2, 9)
-    assert torch.equal(mapped(ids).logits, model(ids).logits)
+    difference = (mapped(ids.to(mapped.device)).logits.cpu() - model(ids).logits).abs().max()
+    assert difference <= (1e-4 if gpu else 0)

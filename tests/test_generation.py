@@ -8,15 +8,18 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 from transformers.cache_utils import Cache
 
 from helpers import (
+    DEVICE,
     GENERATION_MODES,
     check_cached_generate_equals_recomputing,
     check_padded_batch_matches_each_row,
+    left_pad,
     make_tokenizer,
     random_ids,
     right_pad,
     tiny_config,
     tiny_model,
 )
+import xlstm_hf
 from xlstm_hf import XLSTMCache
 
 
@@ -130,6 +133,35 @@ def test_generate_computes_the_head_only_for_the_last_position():
     model.lm_head.register_forward_hook(lambda module, inputs, output: widths.append(inputs[0].shape[1]))
     model.generate(random_ids(2, 25), max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert widths == [1, 1, 1]
+
+
+@pytest.fixture(params=["torch", "triton"])
+def backend(request):
+    """Each cell backend in turn; "triton" runs the fused inference kernels (in Triton's interpreter on the CPU)."""
+    xlstm_hf.set_kernel_backend(request.param)
+    yield request.param
+    xlstm_hf.set_kernel_backend(None)
+
+
+@pytest.mark.parametrize("segment", [7, 64])
+def test_the_last_block_works_out_only_the_kept_positions(backend, segment):
+    # Segments of 7: the kept positions lie in the last one, and the last block of the others only updates its state.
+    model = tiny_model().to(DEVICE)
+    model.config.max_inference_chunksize = segment
+    ids, mask = (t.to(DEVICE) for t in left_pad([random_ids(1, 20), random_ids(1, 14, seed=1)]))
+    widths = []
+    last = model.backbone.blocks[-1]
+    last.mlstm_layer.out_proj.register_forward_hook(lambda module, inputs, output: widths.append(inputs[0].shape[1]))
+    with torch.no_grad():
+        assert last.fused_inference(ids.new_zeros(1, dtype=torch.float)) == (backend == "triton")
+        full = model(ids, attention_mask=mask)
+        assert sum(widths) == 20
+        widths.clear()
+        kept = model(ids, attention_mask=mask, logits_to_keep=3)
+    assert sum(widths) == 3
+    assert (kept.logits - full.logits[:, -3:]).abs().max() < 1e-5
+    for a, b in zip(kept.cache.layers, full.cache.layers):
+        assert all(torch.equal(x, y) for x, y in zip(a.state, b.state))
 
 
 # --- generate() modes --------------------------------------------------------------------------------------------

@@ -171,10 +171,11 @@ class XLSTMLayer(nn.Module):
 
     def forward(
         self, x: torch.Tensor, state: MLSTMState | None = None, mask: torch.Tensor | None = None,
-        fused: bool = False, backend: str | None = None,
+        fused: bool = False, backend: str | None = None, keep_from: int = 0,
     ) -> tuple[torch.Tensor, MLSTMState]:
         """`fused`: the elementwise work on the fused inference kernels (see `XLSTMBlock.forward`); `backend`: the
-        cell's kernels, "torch" or "triton" (by default resolved from the config, see `xlstm_hf.kernels.backend`)."""
+        cell's kernels, "torch" or "triton" (by default resolved from the config, see `xlstm_hf.kernels.backend`);
+        `keep_from`: the output only from that position on (the state still takes every position)."""
         B, S, _ = x.shape
         q, k, v, o, i, f = self.project(x, packed=fused)
         cap, norm = self.gate_soft_cap, self.multihead_norm
@@ -185,7 +186,7 @@ class XLSTMLayer(nn.Module):
                 heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2), state, cap, mask, o, norm.weight,
                 norm.eps, self.eps,
             )
-            return self.out_proj(y), state
+            return self.out_proj(y[:, keep_from:]), state
         if fused:  # one token after a state, which `XLSTMBlock.fused_step` declined: the step kernel, in place
             i, f = fused_kernels().soft_cap_gates(i, f, cap, mask)
         else:
@@ -195,6 +196,9 @@ class XLSTMLayer(nn.Module):
             chunk_size=self.chunk_size, eps=self.eps,
             backend=backend or resolve_backend(x.device, self.config.kernel_preference),
         )
+        h, o = h[:, :, keep_from:], o[:, keep_from:]
+        if not o.shape[1]:  # only the state was wanted
+            return x[:, :0], state
         if fused:
             return self.out_proj(fused_kernels().head_norm_gate(h, o, norm.weight, norm.eps)), state
         h = norm(h.transpose(1, 2))
@@ -216,19 +220,25 @@ class XLSTMBlock(GradientCheckpointingLayer):
         self.fused_layout = not config.use_bias and config.norm_reduction_force_float32  # what the kernels do
 
     def forward(
-        self, x: torch.Tensor, state: MLSTMState | None = None, mask: torch.Tensor | None = None
+        self, x: torch.Tensor, state: MLSTMState | None = None, mask: torch.Tensor | None = None, keep_from: int = 0
     ) -> tuple[torch.Tensor, MLSTMState]:
+        """x (B, S, H) continuing `state` (None: a fresh one), `mask` (B, S) bool marking real tokens (None: all are).
+        Returns the output from position `keep_from` on, and the new state. The positions before `keep_from` still
+        pass through the cell into the state, but skip the output projection and the FFN: the last block of a
+        prefill whose earlier outputs nothing reads (generate()'s head sees only the last position)."""
         backend = resolve_backend(x.device, self.mlstm_layer.config.kernel_preference)
         if self.fused_inference(x, backend):
             if x.shape[1] == 1 and state is not None and (stepped := self.fused_step(x, state, mask)) is not None:
-                return stepped
+                return stepped[0][:, keep_from:], stepped[1]
             kernels = fused_kernels()
             normed, _ = kernels.rms_norm(x, self.norm_mlstm.weight, self.norm_mlstm.eps)
-            y, state = self.mlstm_layer(normed, state, mask, fused=True, backend=backend)
-            normed, x = kernels.rms_norm(y, self.norm_ffn.weight, self.norm_ffn.eps, residual=x)  # x + y, normed
+            y, state = self.mlstm_layer(normed, state, mask, fused=True, backend=backend, keep_from=keep_from)
+            if not y.shape[1]:
+                return y, state
+            normed, x = kernels.rms_norm(y, self.norm_ffn.weight, self.norm_ffn.eps, residual=x[:, keep_from:])
             return add_linear_(x, self.ffn.gated_up(normed, fused=True), self.ffn.proj_down), state
-        y, state = self.mlstm_layer(self.norm_mlstm(x), state, mask, backend=backend)
-        x = x + y
+        y, state = self.mlstm_layer(self.norm_mlstm(x), state, mask, backend=backend, keep_from=keep_from)
+        x = x[:, keep_from:] + y
         x = x + self.ffn(self.norm_ffn(x))
         return x, state
 
@@ -436,7 +446,9 @@ class XLSTMModel(XLSTMPreTrainedModel):
             output_hidden_states: Also return the hidden states (embeddings, then every block's output; the last one
                 after the output norm).
             last_positions_to_keep: Return `last_hidden_state` for only the last N positions (0 = all), so that a
-                long prompt, processed in segments of `config.max_inference_chunksize` tokens, is never held whole.
+                long prompt, processed in segments of `config.max_inference_chunksize` tokens, is never held whole;
+                without `output_hidden_states` the last block then runs its output projection and FFN for those N
+                positions only.
         """
         use_cache, output_hidden_states, _, length, cache, mask, states = prepare_forward(
             self, XLSTMCache, len(self.blocks), input_ids, inputs_embeds, attention_mask, cache, use_cache,
@@ -453,16 +465,21 @@ class XLSTMModel(XLSTMPreTrainedModel):
             x = self.embeddings(input_ids[:, start : start + segment]) if inputs_embeds is None else \
                 inputs_embeds[:, start : start + segment]
             segment_mask = None if mask is None else mask[:, start : start + segment]
+            first_kept = min(max(keep_from - start, 0), x.shape[1])
             for index, block in enumerate(self.blocks):
                 if output_hidden_states:
                     hidden_states[index].append(x)
-                x, states[index] = block(x, states[index], segment_mask)
+                # Unless every output is returned, the last block works out only the kept positions' outputs.
+                last = index == len(self.blocks) - 1 and not output_hidden_states
+                x, states[index] = block(x, states[index], segment_mask, keep_from=first_kept if last else 0)
             if output_hidden_states:
                 x = self.out_norm(x)
                 hidden_states[-1].append(x)
-            if start + x.shape[1] > keep_from:
-                tail = x[:, max(keep_from - start, 0) :]
-                kept.append(tail if output_hidden_states else self.out_norm(tail))
+                x = x[:, first_kept:]
+            elif x.shape[1]:
+                x = self.out_norm(x)
+            if x.shape[1]:
+                kept.append(x)
 
         if cache is not None:
             cache.absorb(states, length)
