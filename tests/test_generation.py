@@ -19,7 +19,6 @@ from helpers import (
     tiny_config,
     tiny_model,
 )
-import xlstm_hf
 from xlstm_hf import XLSTMCache
 
 
@@ -135,16 +134,8 @@ def test_generate_computes_the_head_only_for_the_last_position():
     assert widths == [1, 1, 1]
 
 
-@pytest.fixture(params=["torch", "triton"])
-def backend(request):
-    """Each cell backend in turn; "triton" runs the fused inference kernels (in Triton's interpreter on the CPU)."""
-    xlstm_hf.set_kernel_backend(request.param)
-    yield request.param
-    xlstm_hf.set_kernel_backend(None)
-
-
 @pytest.mark.parametrize("segment", [7, 64])
-def test_the_last_block_works_out_only_the_kept_positions(backend, segment):
+def test_the_last_block_works_out_only_the_kept_positions(each_backend, segment):
     # Segments of 7: the kept positions lie in the last one, and the last block of the others only updates its state.
     model = tiny_model().to(DEVICE)
     model.config.max_inference_chunksize = segment
@@ -153,7 +144,7 @@ def test_the_last_block_works_out_only_the_kept_positions(backend, segment):
     last = model.backbone.blocks[-1]
     last.mlstm_layer.out_proj.register_forward_hook(lambda module, inputs, output: widths.append(inputs[0].shape[1]))
     with torch.no_grad():
-        assert last.fused_inference(ids.new_zeros(1, dtype=torch.float)) == (backend == "triton")
+        assert last.fused_inference(ids.new_zeros(1, dtype=torch.float)) == (each_backend == "triton")
         full = model(ids, attention_mask=mask)
         assert sum(widths) == 20
         widths.clear()

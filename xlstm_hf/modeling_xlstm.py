@@ -227,20 +227,20 @@ class XLSTMBlock(GradientCheckpointingLayer):
         pass through the cell into the state, but skip the output projection and the FFN: the last block of a
         prefill whose earlier outputs nothing reads (generate()'s head sees only the last position)."""
         backend = resolve_backend(x.device, self.mlstm_layer.config.kernel_preference)
-        if self.fused_inference(x, backend):
-            if x.shape[1] == 1 and state is not None and (stepped := self.fused_step(x, state, mask)) is not None:
-                return stepped[0][:, keep_from:], stepped[1]
-            kernels = fused_kernels()
-            normed, _ = kernels.rms_norm(x, self.norm_mlstm.weight, self.norm_mlstm.eps)
-            y, state = self.mlstm_layer(normed, state, mask, fused=True, backend=backend, keep_from=keep_from)
-            if not y.shape[1]:
-                return y, state
-            normed, x = kernels.rms_norm(y, self.norm_ffn.weight, self.norm_ffn.eps, residual=x[:, keep_from:])
+        fused = self.fused_inference(x, backend)
+        if fused and x.shape[1] == 1 and state is not None and (stepped := self.fused_step(x, state, mask)) is not None:
+            return stepped[0][:, keep_from:], stepped[1]
+        kernels = fused_kernels() if fused else None
+        normed = kernels.rms_norm(x, self.norm_mlstm.weight, self.norm_mlstm.eps)[0] if fused else self.norm_mlstm(x)
+        y, state = self.mlstm_layer(normed, state, mask, fused=fused, backend=backend, keep_from=keep_from)
+        if not y.shape[1]:  # only the state was wanted
+            return y, state
+        x = x[:, keep_from:]
+        if fused:
+            normed, x = kernels.rms_norm(y, self.norm_ffn.weight, self.norm_ffn.eps, residual=x)  # x + y, normed
             return add_linear_(x, self.ffn.gated_up(normed, fused=True), self.ffn.proj_down), state
-        y, state = self.mlstm_layer(self.norm_mlstm(x), state, mask, backend=backend, keep_from=keep_from)
-        x = x[:, keep_from:] + y
-        x = x + self.ffn(self.norm_ffn(x))
-        return x, state
+        x = x + y
+        return x + self.ffn(self.norm_ffn(x)), state
 
     def fused_step(self, x: torch.Tensor, state: MLSTMState, mask: torch.Tensor | None
                    ) -> tuple[torch.Tensor, MLSTMState] | None:
