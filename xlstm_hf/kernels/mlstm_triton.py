@@ -7,7 +7,8 @@ Chunkwise layout. The sequence is cut into chunks of L tokens (the tail padded w
 untouched). Per (batch, head):
 
 * ``_fw_states``: the recurrence over chunks, parallel over (q/k dim, v dim) tiles of the state. It stores the
-  state entering every chunk, C_{k-1} (DQK x DV), n_{k-1} and m_{k-1}, and the final state.
+  state entering every chunk, C_{k-1} (DQK x DV), n_{k-1} and m_{k-1}, and the final state. n sums the same weighted
+  keys, rounded to the input dtype, that C's dot multiplies.
 * ``_prepare_gates`` first: the gates in fp32, padded to whole chunks, with their within-chunk sums and maxima.
 * ``_fw_outputs``: every chunk in parallel, in row blocks: the incoming state's contribution plus the causal
   intra-chunk part, with the exact per-position stabiliser m_t (from the chunk's m and the within-chunk maxima).
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .elementwise_triton import _capped_gates, _mask_bytes, _norm_gate, _round, head_norm_gate
+from .elementwise_triton import _capped_gates, _head_norm, _mask_bytes, _round, _sigmoid, head_norm_gate
 from .mlstm_torch import MLSTMState
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -79,6 +80,14 @@ def _rows_times_state(X, rows, s_x, STATE, out_offs, RED: tl.constexpr, OUT: tl.
         if HAS_VEC:
             acc_vec += tl.sum(x.to(tl.float32) * tl.load(VEC + offs, mask=mask_r, other=0.0)[None, :], axis=1)
     return acc, acc_vec
+
+
+@triton.jit
+def _column_sums(x, IEEE: tl.constexpr):
+    """sum_t x[t, :] of a (T, D) tile, as x^T times a (T, 16) matrix whose first column is ones: on the tensor cores,
+    where the cross-warp tl.sum over T took 40% of the forward recurrence (the products are exact, the sum in fp32)."""
+    first = (tl.arange(0, 16)[None, :] == 0) & (tl.arange(0, x.shape[0])[:, None] >= 0)  # the second term: T rows
+    return tl.sum(_dot(tl.trans(x), first.to(x.dtype), IEEE), axis=1)
 
 
 @triton.jit
@@ -131,9 +140,9 @@ def _fw_states(
         w = tl.exp(a - m_new)
         k_tile = tl.load(k_base + t[:, None] * s_ks + offs_k[None, :], mask=mask_k[None, :], other=0.0)
         v_tile = tl.load(v_base + t[:, None] * s_vs + offs_v[None, :], mask=mask_v[None, :], other=0.0)
-        k_weighted = k_tile.to(tl.float32) * w[:, None]
-        c = decay * c + _dot(tl.trans(k_weighted.to(v_tile.dtype)), v_tile, IEEE)
-        n = decay * n + tl.sum(k_weighted, axis=0)
+        k_weighted = (k_tile.to(tl.float32) * w[:, None]).to(v_tile.dtype)
+        c = decay * c + _dot(tl.trans(k_weighted), v_tile, IEEE)
+        n = decay * n + _column_sums(k_weighted, IEEE)
         m = m_new
     tl.store(C_out + pid_bh * DQK * DV + state_kv, c, mask=mask_kv)
     if pid_v == 0:
@@ -197,9 +206,10 @@ def _fw_outputs(
     if NORM:  # h as the cell would store it, then the head norm
         rows_ok = offs_t < S
         weight = tl.load(W + h * DV + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+        h_tile = _head_norm(_round(h_tile, V.dtype.element_ty), weight, mask_v, DV, norm_eps, H.dtype.element_ty)
         o = tl.load(O + b * s_ob + offs_t[:, None] * s_os + h * DV + offs_v[None, :],
                     mask=rows_ok[:, None] & mask_v[None, :], other=0.0).to(tl.float32)
-        h_tile = _norm_gate(_round(h_tile, V.dtype.element_ty), o, weight, mask_v, DV, norm_eps, H.dtype.element_ty)
+        h_tile = _round(_sigmoid(o), H.dtype.element_ty) * h_tile
         tl.store(H + b * s_hb + offs_t[:, None] * s_hs + h * DV + offs_v[None, :], h_tile.to(H.dtype.element_ty),
                  mask=rows_ok[:, None] & mask_v[None, :])
     else:
@@ -253,11 +263,8 @@ def _bw_states(
         dnum = dh_tile.to(tl.float32) * tl.load(RDEN + gate_base + t)[:, None]
         q_weighted = q_tile.to(tl.float32) * w[:, None]
         decay = tl.exp(g + m_prev - m_next)
-        if IEEE:
-            dc = decay * dc + _dot(tl.trans(q_weighted), dnum, True)
-        else:
-            dc = decay * dc + _dot(tl.trans(q_weighted.to(q_tile.dtype)), dnum.to(q_tile.dtype), False)
-        dn = decay * dn + tl.sum(q_weighted * tl.load(DDEN + gate_base + t)[:, None], axis=0)
+        dc = decay * dc + _dot(tl.trans(q_weighted.to(q_tile.dtype)), dnum.to(q_tile.dtype), IEEE)
+        dn = decay * dn + _column_sums((q_weighted * tl.load(DDEN + gate_base + t)[:, None]).to(q_tile.dtype), IEEE)
     tl.store(DC0 + pid_bh * DQK * DV + state_kv, dc, mask=mask_kv)
     if pid_v == 0:
         tl.store(DN0 + pid_bh * DQK + offs_k, dn, mask=mask_k)
