@@ -202,7 +202,8 @@ def _fw_outputs(
         num += _dot(p.to(v_tile.dtype), v_tile, IEEE)
         den += tl.sum(p, axis=1)
 
-    h_tile = num / (tl.maximum(tl.abs(den), tl.exp(-m_t)) + eps)[:, None]
+    # One reciprocal a row: dividing each element would queue BT x BV more operations on the special-function units.
+    h_tile = num * (1.0 / (tl.maximum(tl.abs(den), tl.exp(-m_t)) + eps))[:, None]
     if NORM:  # h as the cell would store it, then the head norm
         rows_ok = offs_t < S
         weight = tl.load(W + h * DV + offs_v, mask=mask_v, other=0.0).to(tl.float32)
