@@ -237,7 +237,7 @@ def sweep(args) -> None:
                     print(json.dumps(row), flush=True)
 
 
-# Output-kernel tilings the prefill is also timed with: its 64 x 512 fp32 tile spills at 8 warps (255 registers);
+# Output-kernel tilings the prefill is also timed with: its 64 x 512 fp32 tile takes all 255 registers at 8 warps;
 # out_bv=256 cannot hold a head's 512 v dims, so the head norm runs as a kernel of its own after it.
 PREFILL_OUT_TILINGS = [dict(out_warps=16), dict(out_bt=32), dict(out_bt=32, out_warps=4), dict(out_stages=2),
                        dict(out_bv=256), dict(out_bk=32), dict(out_bk=32, out_warps=16)]

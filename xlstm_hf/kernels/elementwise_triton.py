@@ -55,13 +55,19 @@ def _rms_norm(X, RES, W, OUT, SUM, s_x, s_r, s_o, s_s, d, eps, HAS_RESIDUAL: tl.
 @triton.jit
 def _head_norm(h, weight, cols_ok, dv, eps, dtype: tl.constexpr):
     """`LayerNorm(h) * weight` over the columns of a (rows, BD) fp32 tile, of which `cols_ok` marks the `dv` real ones
-    (h 0 elsewhere), each op rounded to `dtype` as the modules' ops are. The output gate multiplies it by
-    `_round(_sigmoid(o), dtype)`; a caller loads o only then, which keeps a wide tile's registers free until the end."""
+    (h 0 elsewhere), each op rounded to `dtype` as the modules' ops are. `_output_gate` follows; a caller loads o
+    only then, which keeps a wide tile's registers free until the end."""
     mean = tl.sum(h, axis=1) / dv
     centred = tl.where(cols_ok[None, :], h - mean[:, None], 0.0)
     var = tl.sum(centred * centred, axis=1) / dv
     normed = _round(centred * tl.rsqrt(var + eps)[:, None], dtype)
     return _round(normed * weight[None, :], dtype)
+
+
+@triton.jit
+def _output_gate(normed, o, dtype: tl.constexpr):
+    """`sigmoid(o) * normed`, the sigmoid rounded to `dtype` as the module's op stores it."""
+    return _round(_sigmoid(o), dtype) * normed
 
 
 @triton.jit
@@ -75,8 +81,8 @@ def _head_norm_gate(H, O, W, OUT, s_hb, s_hh, s_hs, s_ob, s_os, s_outb, s_outs, 
     h = tl.load(H + b * s_hb + head * s_hh + s * s_hs + cols, mask=mask, other=0.0).to(tl.float32)
     weight = tl.load(W + head * dv + cols, mask=mask, other=0.0).to(tl.float32)
     o = tl.load(O + b * s_ob + s * s_os + head * dv + cols, mask=mask, other=0.0).to(tl.float32)
-    out = _round(_sigmoid(o[None, :]), OUT.dtype.element_ty) * _head_norm(h[None, :], weight, mask, dv, eps,
-                                                                          OUT.dtype.element_ty)
+    dtype = OUT.dtype.element_ty
+    out = _output_gate(_head_norm(h[None, :], weight, mask, dv, eps, dtype), o[None, :], dtype)
     tl.store(OUT + b * s_outb + s * s_outs + head * dv + cols[None, :], out.to(OUT.dtype.element_ty),
              mask=mask[None, :])
 

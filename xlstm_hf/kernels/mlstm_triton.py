@@ -16,8 +16,8 @@ untouched). Per (batch, head):
   gates' soft cap and padding in ``_prepare_gates``, the head norm and output gate in ``_fw_outputs``' epilogue (its
   tile spans a head's v dims), and nothing stored for a backward.
 * backward: ``_denominator_grads`` goes through the normaliser, ``_bw_states`` runs the state gradient backwards
-  over chunks (stabilised by the forward's chunk m's), then ``_bw_dq``, ``_bw_dk`` and ``_bw_dv`` are parallel over
-  chunks. The gate gradients follow from the identities  sum_j dlogW_tj = q_t . dq_t  and
+  over chunks (stabilised by the forward's chunk m's; dn, like n, sums its rows rounded to the input dtype), then
+  ``_bw_dq``, ``_bw_dk`` and ``_bw_dv`` are parallel over chunks. The gate gradients follow from the identities  sum_j dlogW_tj = q_t . dq_t  and
   sum_t dlogW_tj = k_j . dk_j, and the stabiliser's max, in one reverse scan per (batch, head): ``_gate_grads``.
   Few launches matter here: at training lengths (2K-8K) the backward is bound by the host's launch rate.
 """
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .elementwise_triton import _capped_gates, _head_norm, _mask_bytes, _round, _sigmoid, head_norm_gate
+from .elementwise_triton import _capped_gates, _head_norm, _mask_bytes, _output_gate, _round, head_norm_gate
 from .mlstm_torch import MLSTMState
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -86,8 +86,8 @@ def _rows_times_state(X, rows, s_x, STATE, out_offs, RED: tl.constexpr, OUT: tl.
 def _column_sums(x, IEEE: tl.constexpr):
     """sum_t x[t, :] of a (T, D) tile, as x^T times a (T, 16) matrix whose first column is ones: on the tensor cores,
     where the cross-warp tl.sum over T took 40% of the forward recurrence (the products are exact, the sum in fp32)."""
-    first = (tl.arange(0, 16)[None, :] == 0) & (tl.arange(0, x.shape[0])[:, None] >= 0)  # the second term: T rows
-    return tl.sum(_dot(tl.trans(x), first.to(x.dtype), IEEE), axis=1)
+    first = tl.zeros((x.shape[0], 16), dtype=x.dtype) + (tl.arange(0, 16)[None, :] == 0).to(x.dtype)
+    return tl.sum(_dot(tl.trans(x), first, IEEE), axis=1)
 
 
 @triton.jit
@@ -210,7 +210,7 @@ def _fw_outputs(
         h_tile = _head_norm(_round(h_tile, V.dtype.element_ty), weight, mask_v, DV, norm_eps, H.dtype.element_ty)
         o = tl.load(O + b * s_ob + offs_t[:, None] * s_os + h * DV + offs_v[None, :],
                     mask=rows_ok[:, None] & mask_v[None, :], other=0.0).to(tl.float32)
-        h_tile = _round(_sigmoid(o), H.dtype.element_ty) * h_tile
+        h_tile = _output_gate(h_tile, o, H.dtype.element_ty)
         tl.store(H + b * s_hb + offs_t[:, None] * s_hs + h * DV + offs_v[None, :], h_tile.to(H.dtype.element_ty),
                  mask=rows_ok[:, None] & mask_v[None, :])
     else:
