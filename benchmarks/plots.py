@@ -39,6 +39,11 @@ def by_variant(rows: list[dict], suite: str, key: str) -> dict[str, list[tuple]]
     return {name: sorted(points) for name, points in series.items()}
 
 
+def legend_below(ax) -> None:
+    """The legend under the axes, where it hides no line (decode speeds of different systems span the whole height)."""
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+
+
 def main(argv=None) -> None:
     import matplotlib
 
@@ -49,19 +54,21 @@ def main(argv=None) -> None:
     rows, devices = load(args.results)
     os.makedirs(args.out, exist_ok=True)
     where = ", ".join(sorted(devices))
+    # One colour a system in every plot, in the order the results list them.
+    colour = {v: f"C{n}" for n, v in enumerate(dict.fromkeys(r["variant"] for r in rows))}
     for key, name, label in (("ttft_ms", "ttft.png", "time to first token (ms)"),
                              ("decode_tok_s", "decode.png", "decode tokens/s (batch 1)")):
         series = by_variant(rows, "latency", key)
         if not series:
             continue
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        fig, ax = plt.subplots(figsize=(6.4, 5.0))
         for variant, points in series.items():
-            ax.plot(*zip(*points), marker="o", label=variant)
+            ax.plot(*zip(*points), marker="o", label=variant, color=colour[variant])
         ax.set(xscale="log", xlabel="prompt tokens", ylabel=label, title=f"model.generate, 7B configs, bf16 ({where})")
         if key == "ttft_ms":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        legend_below(ax)
         fig.tight_layout()
         fig.savefig(os.path.join(args.out, name), dpi=120)
         plt.close(fig)
@@ -70,18 +77,18 @@ def main(argv=None) -> None:
     prefill = [r for r in rows if r["suite"] == "prefill"]
     if prefill:
         shapes = sorted({(r["batch"], r["prompt"]) for r in prefill}, key=lambda s: s[1])
-        variants = sorted({r["variant"] for r in prefill})
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        variants = list(dict.fromkeys(r["variant"] for r in prefill))
+        fig, ax = plt.subplots(figsize=(6.4, 5.0))
         width = 0.8 / len(variants)
         for n, variant in enumerate(variants):
             values = {(r["batch"], r["prompt"]): r["batch"] * r["prompt"] * 1000 / r["ttft_ms"]
                       for r in prefill if r["variant"] == variant}
             ax.bar([i + n * width for i in range(len(shapes))], [values.get(s, 0) / 1000 for s in shapes], width,
-                   label=variant)
+                   label=variant, color=colour[variant])
         ax.set_xticks([i + width * (len(variants) - 1) / 2 for i in range(len(shapes))],
                       [f"{b} x {p // 1024}K" for b, p in shapes])
         ax.set(ylabel="prefill, thousand tokens/s", title=f"65,536 tokens a batch ({where})")
-        ax.legend(fontsize=8)
+        legend_below(ax)
         fig.tight_layout()
         fig.savefig(os.path.join(args.out, "prefill.png"), dpi=120)
         plt.close(fig)
@@ -91,10 +98,10 @@ def main(argv=None) -> None:
     if memory:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for r in memory:
-            ax.plot(*zip(*r["points"]), marker=".", label=r["variant"])
+            ax.plot(*zip(*r["points"]), marker=".", label=r["variant"], color=colour[r["variant"]])
         ax.set(xlabel="generated tokens", ylabel="peak GPU memory (GiB)", ylim=(0, None),
                title=f"memory while generating ({where})")
-        ax.legend(fontsize=8)
+        legend_below(ax)
         fig.tight_layout()
         fig.savefig(os.path.join(args.out, "memory.png"), dpi=120)
         plt.close(fig)

@@ -23,6 +23,12 @@ def test_generation_benchmark_tiny(tmp_path):
     assert {r["variant"] for r in rows if r["suite"] == "memory"} == {"xlstm_hf", "xlstm_hf_eager", "llama2"}
     assert all(r["decode_tok_s"] > 0 for r in rows if r["suite"] in ("latency", "batch"))
     assert "| system |" in run.stdout
+    # The plots of those results: one PNG per figure (memory samples are taken on CUDA only: no memory plot here).
+    plots = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plots.py"), str(out), "--out", str(tmp_path)],
+                           capture_output=True, text=True, timeout=300)
+    assert plots.returncode == 0, plots.stderr[-2000:]
+    for name in ("ttft", "decode", "prefill"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_benchmarks_have_help():
