@@ -25,7 +25,8 @@ setup(
         "eval": ["lm_eval>=0.4.8", "wonderwords"],  # wonderwords: RULER's common-words task
         # xlstm: the reference of the xLSTM[a:b] parity tests (tests/test_xlstm_stack.py); a test dependency only,
         # never imported by xlstm_hf (NXAI Community License). Its own dependencies keep the installed torch.
-        # matplotlib: benchmarks/plots.py, which the tests run on a tiny benchmark's results.
-        "dev": ["pytest>=8", "accelerate>=1.0", "peft>=0.17", "xlstm==2.0.6", "matplotlib"],
+        # matplotlib: benchmarks/plots.py, which the tests run on a tiny benchmark's results; pytest-xdist: the suite
+        # runs on every core (`-n auto`; most of its time is subprocesses importing torch).
+        "dev": ["pytest>=8", "pytest-xdist>=3", "accelerate>=1.0", "peft>=0.17", "xlstm==2.0.6", "matplotlib"],
     },
 )
