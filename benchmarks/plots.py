@@ -39,9 +39,20 @@ def by_variant(rows: list[dict], suite: str, key: str) -> dict[str, list[tuple]]
     return {name: sorted(points) for name, points in series.items()}
 
 
-def legend_below(ax) -> None:
-    """The legend under the axes, where it hides no line (decode speeds of different systems span the whole height)."""
+FIGSIZE = (6.4, 5.0)  # inches; the height leaves room for the legend under the axes
+
+
+def save(fig, ax, path: str) -> None:
+    """Finish a figure and write it to `path` (through a temporary file, so a failure leaves no half-written PNG).
+    The legend goes under the axes, where it hides no line: decode speeds of the systems span the whole height."""
+    import matplotlib.pyplot as plt
+
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path + ".tmp", dpi=120, format="png")
+    plt.close(fig)
+    os.replace(path + ".tmp", path)
+    print(f"wrote {path}")
 
 
 def main(argv=None) -> None:
@@ -61,24 +72,20 @@ def main(argv=None) -> None:
         series = by_variant(rows, "latency", key)
         if not series:
             continue
-        fig, ax = plt.subplots(figsize=(6.4, 5.0))
+        fig, ax = plt.subplots(figsize=FIGSIZE)
         for variant, points in series.items():
             ax.plot(*zip(*points), marker="o", label=variant, color=colour[variant])
         ax.set(xscale="log", xlabel="prompt tokens", ylabel=label, title=f"model.generate, 7B configs, bf16 ({where})")
         if key == "ttft_ms":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        legend_below(ax)
-        fig.tight_layout()
-        fig.savefig(os.path.join(args.out, name), dpi=120)
-        plt.close(fig)
-        print(f"wrote {os.path.join(args.out, name)}")
+        save(fig, ax, os.path.join(args.out, name))
 
     prefill = [r for r in rows if r["suite"] == "prefill"]
     if prefill:
         shapes = sorted({(r["batch"], r["prompt"]) for r in prefill}, key=lambda s: s[1])
         variants = list(dict.fromkeys(r["variant"] for r in prefill))
-        fig, ax = plt.subplots(figsize=(6.4, 5.0))
+        fig, ax = plt.subplots(figsize=FIGSIZE)
         width = 0.8 / len(variants)
         for n, variant in enumerate(variants):
             values = {(r["batch"], r["prompt"]): r["batch"] * r["prompt"] * 1000 / r["ttft_ms"]
@@ -88,24 +95,16 @@ def main(argv=None) -> None:
         ax.set_xticks([i + width * (len(variants) - 1) / 2 for i in range(len(shapes))],
                       [f"{b} x {p // 1024}K" for b, p in shapes])
         ax.set(ylabel="prefill, thousand tokens/s", title=f"65,536 tokens a batch ({where})")
-        legend_below(ax)
-        fig.tight_layout()
-        fig.savefig(os.path.join(args.out, "prefill.png"), dpi=120)
-        plt.close(fig)
-        print(f"wrote {os.path.join(args.out, 'prefill.png')}")
+        save(fig, ax, os.path.join(args.out, "prefill.png"))
 
     memory = [r for r in rows if r["suite"] == "memory" and r.get("points")]
     if memory:
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        fig, ax = plt.subplots(figsize=FIGSIZE)
         for r in memory:
             ax.plot(*zip(*r["points"]), marker=".", label=r["variant"], color=colour[r["variant"]])
         ax.set(xlabel="generated tokens", ylabel="peak GPU memory (GiB)", ylim=(0, None),
                title=f"memory while generating ({where})")
-        legend_below(ax)
-        fig.tight_layout()
-        fig.savefig(os.path.join(args.out, "memory.png"), dpi=120)
-        plt.close(fig)
-        print(f"wrote {os.path.join(args.out, 'memory.png')}")
+        save(fig, ax, os.path.join(args.out, "memory.png"))
 
 
 if __name__ == "__main__":

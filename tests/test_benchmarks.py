@@ -27,6 +27,8 @@ def test_generation_benchmark_tiny(tmp_path):
     plots = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plots.py"), str(out), "--out", str(tmp_path)],
                            capture_output=True, text=True, timeout=300)
     assert plots.returncode == 0, plots.stderr[-2000:]
+    # ... written whole: no temporary file is left beside them.
+    assert sorted(p.name for p in tmp_path.glob("*.png*")) == ["decode.png", "prefill.png", "ttft.png"]
     for name in ("ttft", "decode", "prefill"):
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
