@@ -7,7 +7,8 @@ Median times from `triton.testing.do_bench`. Needs a CUDA GPU.
 
     python benchmarks/kernels.py --help
     python benchmarks/kernels.py --out results/kernels.json
-    python benchmarks/kernels.py --prefill --lengths 2048 16384      # the inference prefill's fusions
+    python benchmarks/kernels.py --prefill --lengths 2048 16384      # the inference prefill's fusions and tilings
+    python benchmarks/kernels.py --prefill --lengths 2048 --chunk-sizes 64 128 256
 """
 
 from __future__ import annotations
@@ -241,14 +242,18 @@ def sweep(args) -> None:
 # out_bv=256 cannot hold a head's 512 v dims, so the head norm runs as a kernel of its own after it.
 PREFILL_OUT_TILINGS = [dict(out_warps=16), dict(out_bt=32), dict(out_bt=32, out_warps=4), dict(out_stages=2),
                        dict(out_bv=256), dict(out_bk=32), dict(out_bk=32, out_warps=16)]
+# Recurrence tilings: at B 1 and 2K there are only 16 chunks to walk, so more, smaller state tiles may hide latency.
+PREFILL_STATE_TILINGS = [dict(state_bk=32, state_bv=128), dict(state_bk=64, state_bv=64),
+                         dict(state_bk=32, state_bv=64, state_warps=4), dict(state_warps=4), dict(state_stages=2)]
 
 
 def layer_prefill(args) -> None:
     """The mLSTM layer's inference work in and around the cell at each S: `mlstm_prefill_triton` (the gates' soft cap
     in the gate preparation, the head norm and output gate in the output kernel's epilogue) against the same work as
     separate kernels (`soft_cap_gates`, the chunkwise forward, `head_norm_gate`). The inputs are views of one packed
-    projection, as in the model. GPU time from CUDA-graph replays; eager time per call (the host's, where it sets
-    the pace)."""
+    projection, as in the model. The fused prefill runs at each of `--chunk-sizes`, with the default tiling and
+    with each of the output and recurrence tilings above. GPU time from CUDA-graph replays; eager time per call (the
+    host's, where it sets the pace)."""
     from triton.testing import do_bench_cudagraph
 
     from xlstm_hf.kernels.elementwise_triton import head_norm_gate, soft_cap_gates
@@ -266,17 +271,19 @@ def layer_prefill(args) -> None:
             h, _ = mlstm_chunkwise_triton(q, k, v, i_capped.transpose(1, 2), f_capped.transpose(1, 2))
             return head_norm_gate(h, o, weight, 1e-6)
 
-        def fused(**option):
+        def fused(chunk_size=128, **option):
             tiling = dataclasses.replace(TILING, **option)
             return lambda: mlstm_prefill_triton(q, k, v, i.transpose(1, 2), f.transpose(1, 2), None, cap, None, o,
-                                                weight, tiling=tiling)[0]
+                                                weight, chunk_size=chunk_size, tiling=tiling)[0]
 
-        variants = {"fused prefill": fused(), "separate kernels": separate}
-        variants.update({f"fused prefill {option}": fused(**option) for option in PREFILL_OUT_TILINGS})
+        variants = {("separate kernels", 128): separate}
+        for L in args.chunk_sizes:
+            variants.update({(f"fused prefill {option}", L): fused(L, **option)
+                             for option in [{}, *PREFILL_OUT_TILINGS, *PREFILL_STATE_TILINGS]})
         with torch.no_grad():
             reference = separate()
-            for name, fn in variants.items():
-                row = dict(kind="prefill", name=name, B=B, S=S)
+            for (name, L), fn in variants.items():
+                row = dict(kind="prefill", name=name.removesuffix(" {}"), B=B, S=S, L=L)
                 try:
                     row["rel_diff"] = float(f"{results.relative_difference(fn(), reference):.2e}")
                 except Exception as error:  # a tiling that does not build on this card (shared memory, registers)
