@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 import xlstm_hf  # noqa: F401  (registers the Auto classes)
@@ -138,3 +145,18 @@ def close(ours: torch.Tensor, ref: torch.Tensor, steps: float = 1.0) -> None:
 def randn(*shape, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
     """Normal values on DEVICE, the same for the same shape."""
     return (torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape))) * scale).to(DEVICE, dtype)
+
+
+def script_help(path: Path) -> str:
+    """What `python <path> --help` prints, from a run in this process (a new interpreter per script spent seconds
+    importing torch), with the script's folder first on sys.path as when it runs. Fails unless it exits with 0."""
+    argv, search_path, out = sys.argv, list(sys.path), io.StringIO()
+    sys.argv = [str(path), "--help"]
+    sys.path.insert(0, str(path.parent))
+    try:
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exited:
+            runpy.run_path(str(path), run_name="__main__")
+    finally:
+        sys.argv, sys.path[:] = argv, search_path
+    assert exited.value.code in (0, None), f"{path.name} --help exited with {exited.value.code}"
+    return out.getvalue()
