@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="time our kernels' tilings at each S and chunk size, then stop")
     parser.add_argument("--prefill", action="store_true",
                         help="time the mLSTM layer's inference prefill around the cell, fused against separate "
-                             "kernels, at each S, then stop")
+                             "kernels, at each S and chunk size (--chunk-sizes) and under other tilings, then stop")
     parser.add_argument("--skip", nargs="*", default=[], metavar="TEXT",
                         help="skip the sequence variants whose name contains TEXT (e.g. xl_chunk)")
     parser.add_argument("--out", help="write the results as JSON here")
@@ -278,12 +278,12 @@ def layer_prefill(args) -> None:
 
         variants = {("separate kernels", 128): separate}
         for L in args.chunk_sizes:
-            variants.update({(f"fused prefill {option}", L): fused(L, **option)
+            variants.update({(f"fused prefill {option}" if option else "fused prefill", L): fused(L, **option)
                              for option in [{}, *PREFILL_OUT_TILINGS, *PREFILL_STATE_TILINGS]})
         with torch.no_grad():
             reference = separate()
             for (name, L), fn in variants.items():
-                row = dict(kind="prefill", name=name.removesuffix(" {}"), B=B, S=S, L=L)
+                row = dict(kind="prefill", name=name, B=B, S=S, L=L)
                 try:
                     row["rel_diff"] = float(f"{results.relative_difference(fn(), reference):.2e}")
                 except Exception as error:  # a tiling that does not build on this card (shared memory, registers)
