@@ -198,6 +198,13 @@ def time_step(args) -> list[dict]:
 WRONG = 1e-2
 
 
+# Recurrence tilings (forward and backward state kernels) both sweeps try. At B 1 and 2K a prefill walks only 16
+# chunks, so more, smaller state tiles might hide its latency.
+STATE_TILINGS = [dict(state_stages=2), dict(state_warps=4), dict(state_bk=64, state_bv=64),
+                 dict(state_bk=32, state_bv=128), dict(state_bk=32, state_bv=64, state_warps=4),
+                 dict(state_bk=128, state_bv=128)]
+
+
 def sweep(args) -> None:
     """Forward tilings (state kernels, then output kernel), then gradient tilings, at every length and chunk size.
     Each tiling's output is checked against the default's: one that computes something else is reported as wrong,
@@ -205,9 +212,7 @@ def sweep(args) -> None:
     from xlstm_hf.kernels.mlstm_triton import TILING, mlstm_chunkwise_triton
 
     fields = [
-        ("state", [dict(), dict(state_stages=2), dict(bw_state_stages=3), dict(state_warps=4),
-                   dict(state_bk=64, state_bv=64), dict(state_bk=32, state_bv=128),
-                   dict(state_bk=128, state_bv=128)]),
+        ("state", [dict(), *STATE_TILINGS, dict(bw_state_stages=3)]),
         ("out", [dict(out_bv=256), dict(out_bt=128, out_bv=128), dict(out_bt=128, out_bv=256),
                  dict(out_bv=128, out_warps=4), dict(out_stages=2)]),
         ("grad", [dict(grad_bt=128, grad_warps=8), dict(grad_bt=64, grad_bk=64, grad_bv=128, grad_warps=8)]),
@@ -242,22 +247,19 @@ def sweep(args) -> None:
 # out_bv=256 cannot hold a head's 512 v dims, so the head norm runs as a kernel of its own after it.
 PREFILL_OUT_TILINGS = [dict(out_warps=16), dict(out_bt=32), dict(out_bt=32, out_warps=4), dict(out_stages=2),
                        dict(out_bv=256), dict(out_bk=32), dict(out_bk=32, out_warps=16)]
-# Recurrence tilings: at B 1 and 2K there are only 16 chunks to walk, so more, smaller state tiles may hide latency.
-PREFILL_STATE_TILINGS = [dict(state_bk=32, state_bv=128), dict(state_bk=64, state_bv=64),
-                         dict(state_bk=32, state_bv=64, state_warps=4), dict(state_warps=4), dict(state_stages=2)]
 
 
 def layer_prefill(args) -> None:
     """The mLSTM layer's inference work in and around the cell at each S: `mlstm_prefill_triton` (the gates' soft cap
     in the gate preparation, the head norm and output gate in the output kernel's epilogue) against the same work as
     separate kernels (`soft_cap_gates`, the chunkwise forward, `head_norm_gate`). The inputs are views of one packed
-    projection, as in the model. The fused prefill runs at each of `--chunk-sizes`, with the default tiling and
-    with each of the output and recurrence tilings above. GPU time from CUDA-graph replays; eager time per call (the
-    host's, where it sets the pace)."""
+    projection, as in the model. The fused prefill runs at each of `--chunk-sizes`, with the default tiling, each
+    of the output tilings above and each of `STATE_TILINGS`. GPU time from CUDA-graph replays; eager time per call
+    (the host's, where it sets the pace)."""
     from triton.testing import do_bench_cudagraph
 
     from xlstm_hf.kernels.elementwise_triton import head_norm_gate, soft_cap_gates
-    from xlstm_hf.kernels.mlstm_triton import TILING, mlstm_chunkwise_triton, mlstm_prefill_triton
+    from xlstm_hf.kernels.mlstm_triton import DEFAULT_CHUNK_SIZE, TILING, mlstm_chunkwise_triton, mlstm_prefill_triton
 
     B, NH, DQK, DV, cap = args.batch, args.heads, args.dqk, args.dv, 15.0
     for S in args.lengths:
@@ -271,15 +273,15 @@ def layer_prefill(args) -> None:
             h, _ = mlstm_chunkwise_triton(q, k, v, i_capped.transpose(1, 2), f_capped.transpose(1, 2))
             return head_norm_gate(h, o, weight, 1e-6)
 
-        def fused(chunk_size=128, **option):
+        def fused(chunk_size, **option):
             tiling = dataclasses.replace(TILING, **option)
             return lambda: mlstm_prefill_triton(q, k, v, i.transpose(1, 2), f.transpose(1, 2), None, cap, None, o,
                                                 weight, chunk_size=chunk_size, tiling=tiling)[0]
 
-        variants = {("separate kernels", 128): separate}
+        variants = {("separate kernels", DEFAULT_CHUNK_SIZE): separate}
         for L in args.chunk_sizes:
             variants.update({(f"fused prefill {option}" if option else "fused prefill", L): fused(L, **option)
-                             for option in [{}, *PREFILL_OUT_TILINGS, *PREFILL_STATE_TILINGS]})
+                             for option in [{}, *PREFILL_OUT_TILINGS, *STATE_TILINGS]})
         with torch.no_grad():
             reference = separate()
             for (name, L), fn in variants.items():
