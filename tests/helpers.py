@@ -72,6 +72,10 @@ GENERATION_MODES = {
     "repetition_penalty": dict(do_sample=False, repetition_penalty=1.5),
 }
 
+# How transformers refuses assisted decoding for a recurrent model: up to 5.24 it names the model stateful, from
+# 5.25 on it asks for a cache that can be cropped.
+ASSISTED_DECODING_REFUSAL = "stateful|cropped"
+
 
 @torch.no_grad()
 def check_padded_batch_matches_each_row(model, rows: list[torch.Tensor], new_tokens: int) -> None:

@@ -8,6 +8,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 from transformers.cache_utils import Cache
 
 from helpers import (
+    ASSISTED_DECODING_REFUSAL,
     DEVICE,
     GENERATION_MODES,
     check_cached_generate_equals_recomputing,
@@ -282,7 +283,7 @@ def test_inputs_embeds_prompt():
 
 def test_assisted_decoding_is_refused_clearly():
     model = tiny_model()
-    with pytest.raises(ValueError, match="stateful"):
+    with pytest.raises(ValueError, match=ASSISTED_DECODING_REFUSAL):
         model.generate(random_ids(1, 5), assistant_model=tiny_model(seed=1), max_new_tokens=3)
 
 
