@@ -25,6 +25,7 @@ import argparse
 import cProfile
 import json
 import pstats
+import statistics
 import sys
 import time
 
@@ -64,6 +65,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="time only the first token for longer prompts of a variant, e.g. llama2=2048 (each new "
                              "static-cache length recompiles Llama's decode step)")
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--ttft-samples", type=int, default=0, metavar="N",
+                        help="latency suite: also time N more first tokens (generate with one new token) at each "
+                             "prompt length and report their median and minimum beside the first sample; one sample "
+                             "swings with the host's and the GPU's clocks")
+    parser.add_argument("--ttft-pause", type=float, default=0.0, metavar="SECONDS",
+                        help="idle time before each of the --ttft-samples calls (after a pause the host queues "
+                             "slower; back to back the GPU runs at the clock its power cap leaves)")
     parser.add_argument("--peer-new-tokens", type=int, default=16,
                         help="new tokens for the slow peers (transformers_xlstm*, falcon_mamba)")
     parser.add_argument("--batch-prompt", type=int, default=512, help="prompt length of the batch suite")
@@ -77,7 +85,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="small configs on the CPU (no timing claims)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # internal: run one variant in this process
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.ttft_samples < 0 or args.ttft_pause < 0:
+        parser.error(f"--ttft-samples ({args.ttft_samples}) and --ttft-pause ({args.ttft_pause}) must be >= 0")
+    return args
 
 
 def build(variant: str, tiny: bool, device: str):
@@ -135,9 +146,10 @@ class Runner:
     """Runs `model.generate` for one variant. Llama runs on a static cache of prompt + new tokens (so generate
     compiles its decode step, once per cache shape)."""
 
-    def __init__(self, variant: str, model, device: str):
+    def __init__(self, variant: str, model, device: str, ttft_samples: int = 0, ttft_pause: float = 0.0):
         self.variant, self.model, self.device = variant, model, device
         self.static = variant.startswith("llama")
+        self.ttft_samples, self.ttft_pause = ttft_samples, ttft_pause
 
     def generate(self, ids: torch.Tensor, new_tokens: int, memory_every: int = 0) -> dict:
         """Time to first token (ms), decode tokens/s (all rows), total seconds, peak GPU memory (GiB) and the
@@ -163,6 +175,16 @@ class Runner:
         return dict(ttft_ms=1000 * (first - start), decode_tok_s=decode, seconds=seconds,
                     peak_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"), points=probe.points)
 
+    def first_token_samples(self, ids: torch.Tensor) -> dict:
+        """Median and minimum TTFT (ms) of `ttft_samples` generate calls with one new token, each after `ttft_pause`
+        seconds of idling."""
+        samples = []
+        for _ in range(self.ttft_samples):
+            time.sleep(self.ttft_pause)
+            samples.append(self.generate(ids, 1)["ttft_ms"])
+        return dict(ttft_median_ms=statistics.median(samples), ttft_min_ms=min(samples), ttft_samples=len(samples),
+                    ttft_pause_s=self.ttft_pause)
+
     def ids(self, batch: int, length: int) -> torch.Tensor:
         return torch.randint(3, self.model.config.vocab_size, (batch, max(length, 1)), device=self.device)
 
@@ -175,6 +197,8 @@ class Runner:
                 self.generate(ids, new_tokens if self.static else min(new_tokens, 2))  # static: same cache shape
             result = self.generate(ids, new_tokens, memory_every)
             row.update({key: result[key] for key in ("ttft_ms", "decode_tok_s", "seconds", "peak_gib", *keep)})
+            if suite == "latency" and self.ttft_samples:
+                row.update(self.first_token_samples(ids))
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             row["error"] = "out of memory"
@@ -277,7 +301,7 @@ def run_variant(args, variant: str, device: str) -> None:
     limits = dict(item.split("=") for item in args.max_prompt)
     decode_limits = dict(item.split("=") for item in args.decode_max_prompt)
     lengths = [n for n in args.prompt_lengths if n <= int(limits.get(variant, n))]
-    run = Runner(variant, model, device)
+    run = Runner(variant, model, device, args.ttft_samples, args.ttft_pause)
     run.generate(run.ids(1, 64), 8)  # warm-up: Triton builds, CUDA graph capture, torch.compile
     if args.only_profile:
         profile(run, args.profile)
@@ -299,12 +323,20 @@ def run_variant(args, variant: str, device: str) -> None:
         profile(run, args.profile)
 
 
+def sampled_ttft(row: dict) -> str:
+    """The suffix " (median / min of N)" of a latency row's TTFT cell with --ttft-samples, else an empty string."""
+    if "ttft_median_ms" not in row:
+        return ""
+    return f" ({row['ttft_median_ms']:.1f} / {row['ttft_min_ms']:.1f} of {row['ttft_samples']})"
+
+
 def table(rows: list[dict]) -> str:
     """Markdown tables, one per suite."""
     out = []
     for suite, header, cells in (
-        ("latency", "| system | prompt | TTFT ms | decode tok/s | peak GiB |",
-         lambda r: f"{r['prompt']} | {r['ttft_ms']:.1f} | {r['decode_tok_s']:.1f} | {r['peak_gib']:.2f}"),
+        ("latency", "| system | prompt | TTFT ms (median / min of more samples) | decode tok/s | peak GiB |",
+         lambda r: f"{r['prompt']} | {r['ttft_ms']:.1f}{sampled_ttft(r)} | {r['decode_tok_s']:.1f} | "
+                   f"{r['peak_gib']:.2f}"),
         ("prefill", "| system | batch x prompt | prefill tok/s | peak GiB |",
          lambda r: f"{r['batch']} x {r['prompt']} | {r['batch'] * r['prompt'] * 1000 / r['ttft_ms']:.0f} | "
                    f"{r['peak_gib']:.2f}"),

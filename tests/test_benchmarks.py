@@ -16,7 +16,8 @@ def test_generation_benchmark_tiny(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "generation.py"), "--tiny", "--suites", "latency",
                           "prefill", "batch", "memory", "--variants", *variants, "--prompt-lengths", "0", "40",
                           "--new-tokens", "4", "--peer-new-tokens", "3", "--batch-size", "2", "--batch-prompt", "8",
-                          "--memory-tokens", "6", "--out", str(out)], capture_output=True, text=True, timeout=600)
+                          "--memory-tokens", "6", "--ttft-samples", "2", "--out", str(out)], capture_output=True, text=True,
+                         timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert not [r for r in rows if "error" in r]
@@ -24,7 +25,9 @@ def test_generation_benchmark_tiny(tmp_path):
     assert latency == {(v, p) for v in variants for p in (0, 40)}
     assert {r["variant"] for r in rows if r["suite"] == "memory"} == {"xlstm_hf", "xlstm_hf_eager", "llama2"}
     assert all(r["decode_tok_s"] > 0 for r in rows if r["suite"] in ("latency", "batch"))
-    assert "| system |" in run.stdout
+    assert all(r["ttft_samples"] == 2 and 0 < r["ttft_min_ms"] <= r["ttft_median_ms"]
+               for r in rows if r["suite"] == "latency")
+    assert "| system |" in run.stdout and " of 2) |" in run.stdout
     # The plots of those results: one PNG per figure (memory samples are taken on CUDA only: no memory plot here).
     plots = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plots.py"), str(out), "--out", str(tmp_path)],
                            capture_output=True, text=True, timeout=300)

@@ -100,10 +100,15 @@ class XLSTMCache(Cache):
             raise ValueError(f"device lists {len(devices)} devices for {config.num_hidden_layers} layers")
         shapes = [(batch_size, config.num_heads, config.qk_head_dim, config.v_head_dim),
                   (batch_size, config.num_heads, config.qk_head_dim), (batch_size, config.num_heads)]
-        layers = [XLSTMCacheLayer(*(torch.empty(shape, device=layer_device, dtype=dtype) for shape in shapes))
-                  for layer_device in devices]
-        super().__init__(layers=layers)
-        self.reset()  # one multi-tensor fill, not one per tensor: this runs before a prefill's first kernel
+        # One zeroed buffer per state kind and device, each layer's tensors views of them: three allocations and fills
+        # instead of three per layer, on the host's path before a prefill's first kernel.
+        views = {}
+        for layer_device in dict.fromkeys(devices):
+            count = devices.count(layer_device)
+            views[layer_device] = [iter(torch.zeros((count, *shape), device=layer_device, dtype=dtype).unbind(0))
+                                   for shape in shapes]
+        super().__init__(layers=[XLSTMCacheLayer(*map(next, views[layer_device])) for layer_device in devices])
+        self.seen_tokens = 0
 
     def __repr__(self) -> str:
         layer = self.layers[0]
