@@ -324,17 +324,17 @@ def run_variant(args, variant: str, device: str) -> None:
 
 
 def sampled_ttft(row: dict) -> str:
-    """The suffix " (median / min of N)" of a latency row's TTFT cell with --ttft-samples, else an empty string."""
+    """The suffix " (median M, min m of N)" of a latency row's TTFT cell with --ttft-samples, else an empty string."""
     if "ttft_median_ms" not in row:
         return ""
-    return f" ({row['ttft_median_ms']:.1f} / {row['ttft_min_ms']:.1f} of {row['ttft_samples']})"
+    return f" (median {row['ttft_median_ms']:.1f}, min {row['ttft_min_ms']:.1f} of {row['ttft_samples']})"
 
 
 def table(rows: list[dict]) -> str:
     """Markdown tables, one per suite."""
     out = []
     for suite, header, cells in (
-        ("latency", "| system | prompt | TTFT ms (median / min of more samples) | decode tok/s | peak GiB |",
+        ("latency", "| system | prompt | TTFT ms | decode tok/s | peak GiB |",
          lambda r: f"{r['prompt']} | {r['ttft_ms']:.1f}{sampled_ttft(r)} | {r['decode_tok_s']:.1f} | "
                    f"{r['peak_gib']:.2f}"),
         ("prefill", "| system | batch x prompt | prefill tok/s | peak GiB |",

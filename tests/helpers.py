@@ -151,16 +151,23 @@ def randn(*shape, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
     return (torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape))) * scale).to(DEVICE, dtype)
 
 
-def script_help(path: Path) -> str:
-    """What `python <path> --help` prints, from a run in this process (a new interpreter per script spent seconds
-    importing torch), with the script's folder first on sys.path as when it runs. Fails unless it exits with 0."""
-    argv, search_path, out = sys.argv, list(sys.path), io.StringIO()
-    sys.argv = [str(path), "--help"]
+def run_script(path: Path, *args: str) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of `python <path> <args>` when it exits through argparse (--help, a bad option),
+    run in this process (a new interpreter per script spent seconds importing torch), with the script's folder first
+    on sys.path as when it runs."""
+    argv, search_path, out, err = sys.argv, list(sys.path), io.StringIO(), io.StringIO()
+    sys.argv = [str(path), *args]
     sys.path.insert(0, str(path.parent))
     try:
-        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exited:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exited:
             runpy.run_path(str(path), run_name="__main__")
     finally:
         sys.argv, sys.path[:] = argv, search_path
-    assert exited.value.code in (0, None), f"{path.name} --help exited with {exited.value.code}"
-    return out.getvalue()
+    return exited.value.code or 0, out.getvalue(), err.getvalue()
+
+
+def script_help(path: Path) -> str:
+    """What `python <path> --help` prints. Fails unless it exits with 0."""
+    code, out, err = run_script(path, "--help")
+    assert code == 0, f"{path.name} --help exited with {code}: {err[-2000:]}"
+    return out

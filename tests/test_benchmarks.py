@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import script_help
+from helpers import run_script, script_help
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,9 @@ def test_generation_benchmark_tiny(tmp_path):
     assert all(r["decode_tok_s"] > 0 for r in rows if r["suite"] in ("latency", "batch"))
     assert all(r["ttft_samples"] == 2 and 0 < r["ttft_min_ms"] <= r["ttft_median_ms"]
                for r in rows if r["suite"] == "latency")
-    assert "| system |" in run.stdout and " of 2) |" in run.stdout
+    assert "| system |" in run.stdout and all(
+        f"| {r['ttft_ms']:.1f} (median {r['ttft_median_ms']:.1f}, min {r['ttft_min_ms']:.1f} of 2) |" in run.stdout
+        for r in rows if r["suite"] == "latency")
     # The plots of those results: one PNG per figure (memory samples are taken on CUDA only: no memory plot here).
     plots = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plots.py"), str(out), "--out", str(tmp_path)],
                            capture_output=True, text=True, timeout=300)
@@ -36,6 +38,12 @@ def test_generation_benchmark_tiny(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.png*")) == ["decode.png", "prefill.png", "ttft.png"]
     for name in ("ttft", "decode", "prefill"):
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_generation_benchmark_refuses_negative_samples():
+    for option, value in (("--ttft-samples", "-1"), ("--ttft-pause", "-0.5")):
+        code, _, err = run_script(ROOT / "benchmarks" / "generation.py", option, value)
+        assert code == 2 and f"{option} ({value})" in err, err
 
 
 def test_benchmarks_have_help():

@@ -48,6 +48,22 @@ def test_cache_is_updated_in_place_and_resets():
     assert cache.get_seq_length() == 0 and all(t.abs().sum() == 0 for layer in cache.layers for t in layer.state)
 
 
+def test_cache_layers_start_zeroed_on_their_devices_and_share_no_state():
+    config = tiny_config(num_hidden_layers=5)
+    devices = ["cpu", "meta", "cpu", "cpu", "meta"]  # a model split per layer: each device's layers in its own buffers
+    cache = XLSTMCache(config, 2, device=devices)
+    assert [layer.C.device.type for layer in cache.layers] == devices
+    on_cpu = [layer for layer in cache.layers if layer.C.device.type == "cpu"]
+    assert all(t.abs().sum() == 0 for layer in on_cpu for t in layer.state)
+    for value, layer in enumerate(on_cpu, 1):
+        for t in layer.state:
+            t.fill_(value)
+    for value, layer in enumerate(on_cpu, 1):  # a layer's write reached neither another layer nor another state
+        assert all(torch.equal(t, torch.full_like(t, value)) for t in layer.state)
+    with pytest.raises(ValueError, match="device lists 2 devices for 5 layers"):
+        XLSTMCache(config, 2, device=["cpu", "cpu"])
+
+
 def test_bfloat16_state_stays_close_to_float32():
     model = tiny_model()
     ids = random_ids(2, 12)

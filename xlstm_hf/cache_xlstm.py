@@ -101,13 +101,11 @@ class XLSTMCache(Cache):
         shapes = [(batch_size, config.num_heads, config.qk_head_dim, config.v_head_dim),
                   (batch_size, config.num_heads, config.qk_head_dim), (batch_size, config.num_heads)]
         # One zeroed buffer per state kind and device, each layer's tensors views of them: three allocations and fills
-        # instead of three per layer, on the host's path before a prefill's first kernel.
-        views = {}
-        for layer_device in dict.fromkeys(devices):
-            count = devices.count(layer_device)
-            views[layer_device] = [iter(torch.zeros((count, *shape), device=layer_device, dtype=dtype).unbind(0))
-                                   for shape in shapes]
-        super().__init__(layers=[XLSTMCacheLayer(*map(next, views[layer_device])) for layer_device in devices])
+        # instead of three per layer, on the host's path before a prefill's first kernel. (Views from `unbind` refuse
+        # in-place writes autograd would track; the state is only ever written detached, see `copy_states`.)
+        views = {d: [iter(torch.zeros((devices.count(d), *shape), device=d, dtype=dtype).unbind(0)) for shape in shapes]
+                 for d in dict.fromkeys(devices)}
+        super().__init__(layers=[XLSTMCacheLayer(*map(next, views[d])) for d in devices])
         self.seen_tokens = 0
 
     def __repr__(self) -> str:
