@@ -34,7 +34,7 @@ def load(paths: list[str]) -> tuple[list[dict], set[str]]:
 def by_variant(rows: list[dict], suite: str, key: str) -> dict[str, list[tuple]]:
     series = defaultdict(list)
     for r in rows:
-        if r["suite"] == suite and r.get(key) == r.get(key):  # skips NaN (a first-token-only run)
+        if r["suite"] == suite and r.get(key) is not None:  # None: not measured (a first-token-only run)
             series[r["variant"]].append((max(r["prompt"], 1), r[key]))
     return {name: sorted(points) for name, points in series.items()}
 

@@ -4,6 +4,7 @@ what several of them share: the 7B's GEMM shapes, and how a sweep tells a varian
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -51,8 +52,19 @@ def write(path: str | None, info: dict, args, rows: list[dict]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as handle:
-        json.dump(dict(info=info, args=vars(args), rows=rows), handle, indent=1)
+        json.dump(json_safe(dict(info=info, args=vars(args), rows=rows)), handle, indent=1, allow_nan=False)
     os.replace(handle.name, path)
+
+
+def json_safe(value):
+    """`value` with NaN and infinities as None (null): strict JSON readers refuse Python's NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def run_isolated(script: str, argv: list[str], variant: str) -> list[dict]:

@@ -11,6 +11,7 @@ right-padded in its batch with the padding masked exactly; the adapters are save
 from __future__ import annotations
 
 import argparse
+import tempfile
 from functools import partial
 
 import torch
@@ -18,7 +19,16 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 import xlstm_hf
-from xlstm_hf.training import SFTExamples, read_texts, right_padded_batch, save_atomically
+from xlstm_hf.arguments import at_least, positive_float, read_data
+from xlstm_hf.training import SFTExamples, right_padded_batch, save_atomically
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number in [0, 1) (a dropout of 1 would drop everything)."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,21 +39,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-file", nargs="+", required=True, help=".jsonl (one object a line) or text files")
     parser.add_argument("--text-field", default="text", help="the JSON field holding the text (default: text)")
     parser.add_argument("--output-dir", required=True, help="where the adapters go")
-    parser.add_argument("--rank", type=int, default=16, help="LoRA rank (default: 16)")
-    parser.add_argument("--alpha", type=float, default=32, help="LoRA alpha (default: 32)")
-    parser.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout (default: 0.05)")
+    parser.add_argument("--rank", type=at_least(1), default=16, help="LoRA rank (default: 16)")
+    parser.add_argument("--alpha", type=positive_float, default=32, help="LoRA alpha (default: 32)")
+    parser.add_argument("--dropout", type=probability, default=0.05, help="LoRA dropout (default: 0.05)")
     parser.add_argument("--target-modules", nargs="+",
                         help=f"layers to adapt, or all-linear (default: per weight mode, {xlstm_hf.LORA_TARGET_MODULES})")
-    parser.add_argument("--max-length", type=int, default=1024, help="tokens per example (default: 1024)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=2e-4)
+    # An example of one token predicts nothing.
+    parser.add_argument("--max-length", type=at_least(2), default=1024, help="tokens per example (default: 1024)")
+    parser.add_argument("--batch-size", type=at_least(1), default=4)
+    parser.add_argument("--steps", type=at_least(1), default=100)
+    parser.add_argument("--lr", type=positive_float, default=2e-4)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--merge", action="store_true", help="also save the merged model in OUTPUT_DIR/merged")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.model = args.model or str(xlstm_hf.default_model_path())
+    args.texts = read_data(parser, "--train-file", args.train_file, args.text_field)  # before the slow model load
     return args
 
 
@@ -63,16 +75,18 @@ def main(argv=None) -> None:
     model.print_trainable_parameters()
     print(f"mLSTM kernels: {model.base_model.model.kernel_backend}")
 
-    dataset = SFTExamples(read_texts(args.train_file, args.text_field), tokenizer, args.max_length)
-    training = TrainingArguments(
-        output_dir=args.output_dir, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=min(10, args.steps // 10),
-        logging_steps=max(1, args.steps // 20), save_strategy="no", report_to=[], bf16=args.bf16,
-        use_cpu=not torch.cuda.is_available(), seed=args.seed, remove_unused_columns=False,
-    )
+    dataset = SFTExamples(args.texts, tokenizer, args.max_length)
     collate = partial(right_padded_batch, pad_token_id=tokenizer.pad_token_id)
-    trainer = Trainer(model=model, args=training, train_dataset=dataset, data_collator=collate)
-    result = trainer.train()
+    # The Trainer works in a temporary folder: OUTPUT_DIR appears only through save_atomically, complete.
+    with tempfile.TemporaryDirectory(prefix="finetune_lora-") as scratch:
+        training = TrainingArguments(
+            output_dir=scratch, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+            learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=min(10, args.steps // 10),
+            logging_steps=max(1, args.steps // 20), save_strategy="no", report_to=[], bf16=args.bf16,
+            use_cpu=not torch.cuda.is_available(), seed=args.seed, remove_unused_columns=False,
+        )
+        trainer = Trainer(model=model, args=training, train_dataset=dataset, data_collator=collate)
+        result = trainer.train()
     print(f"final training loss: {result.training_loss:.4f}")
     save_atomically(args.output_dir, model, tokenizer)
     if args.merge:

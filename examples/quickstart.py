@@ -14,13 +14,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import xlstm_hf
+from xlstm_hf.arguments import positive_int
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder or Hub id (default: the model shipped with xlstm_hf)")
     parser.add_argument("--prompt", default="def fibonacci(n):", help='text to continue (default: "def fibonacci(n):")')
-    parser.add_argument("--new-tokens", type=int, default=32, help="tokens to continue greedily (default: 32)")
+    parser.add_argument("--new-tokens", type=positive_int, default=32, help="tokens to continue greedily (default: 32)")
     return parser.parse_args()
 
 

@@ -24,6 +24,7 @@ import math
 import platform
 import shlex
 import sys
+import tempfile
 import time
 
 import torch
@@ -31,8 +32,10 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
 from xlstm_hf import XLSTMConfig, XLSTMForCausalLM, default_model_path
-from xlstm_hf.stdlib_corpus import TRAINING_LOG, corpus_summary, model_card, stdlib_files, train_tokenizer
-from xlstm_hf.training import PackedBlocks, read_texts, save_atomically
+from xlstm_hf.stdlib_corpus import (SPECIAL_TOKENS, TRAINING_LOG, corpus_summary, model_card, stdlib_files,
+                                     train_tokenizer)
+from xlstm_hf.arguments import at_least, non_negative_float, positive_float, read_data
+from xlstm_hf.training import PackedBlocks, save_atomically
 
 PRESETS = {  # the 7B's block design at smaller widths
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_heads=2),
@@ -58,20 +61,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "evaluation; from scratch without --tokenizer, a byte-level BPE is trained on them")
     parser.add_argument("--eval-file", nargs="+", help="held-out files: eval loss and perplexity at the end")
     parser.add_argument("--text-field", default="text")
-    parser.add_argument("--vocab-size", type=int, default=8192,
+    parser.add_argument("--vocab-size", type=at_least(256 + len(SPECIAL_TOKENS)), default=8192,
                         help="vocabulary of the tokenizer trained with --corpus (default: 8192)")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--block-size", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--max-minutes", type=float,
+    parser.add_argument("--block-size", type=at_least(2), default=512)  # a block of one token predicts nothing
+    parser.add_argument("--batch-size", type=at_least(1), default=8)
+    parser.add_argument("--steps", type=at_least(1), default=1000)
+    parser.add_argument("--max-minutes", type=positive_float,
                         help="stop the training loop after this many minutes even before --steps (the learning-rate "
                              "schedule still spans --steps); the held-out evaluation and saving follow")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--weight-decay", type=float, default=0.1)
-    parser.add_argument("--log-every", type=int, help="log the training loss every N steps (default: steps / 20)")
-    parser.add_argument("--eval-every", type=int, help="also evaluate on the held-out data every N steps")
+    parser.add_argument("--lr", type=positive_float, default=1e-3)
+    parser.add_argument("--warmup", type=at_least(0), default=100)
+    parser.add_argument("--weight-decay", type=non_negative_float, default=0.1)
+    parser.add_argument("--log-every", type=at_least(1),
+                        help="log the training loss every N steps (default: steps / 20)")
+    parser.add_argument("--eval-every", type=at_least(1), help="also evaluate on the held-out data every N steps")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--save-dtype", choices=["float32", "bfloat16"], default="float32",
                         help="dtype of the saved weights (default: float32); the final held-out evaluation runs "
@@ -83,16 +87,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--eval-file: --corpus brings its own held-out files")
     if args.eval_every is not None and not (args.corpus or args.eval_file):
         parser.error("--eval-every needs held-out data: --eval-file or --corpus")
-    for name in ("block_size", "batch_size", "steps", "log_every", "eval_every", "vocab_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if args.max_minutes is not None and args.max_minutes <= 0:
-        parser.error(f"--max-minutes must be positive, got {args.max_minutes}")
     if (args.preset or args.config) and not (args.tokenizer or args.corpus):
         parser.error("--tokenizer is needed when training from scratch on --train-file")
     if not (args.model or args.preset or args.config):
         args.model = str(default_model_path())
+    if args.train_file:  # read now: a bad file is a usage error, found before the model loads
+        args.texts = read_data(parser, "--train-file", args.train_file, args.text_field)
+        args.eval_texts = read_data(parser, "--eval-file", args.eval_file, args.text_field) if args.eval_file else None
     return args
 
 
@@ -104,8 +105,7 @@ def load_texts(args) -> tuple[list[str], list[str] | None, dict | None]:
         print(f"corpus: Python {summary['python']} standard library, {summary['train_files']} training files "
               f"({summary['train_bytes'] / 1e6:.1f} MB), {summary['held_out_files']} held out")
         return list(train.values()), list(held_out.values()), summary
-    held_out = read_texts(args.eval_file, args.text_field) if args.eval_file else None
-    return read_texts(args.train_file, args.text_field), held_out, None
+    return args.texts, args.eval_texts, None
 
 
 def load_tokenizer(args, texts: list[str]):
@@ -164,34 +164,36 @@ def main(argv=None) -> None:
     evaluation = PackedBlocks(eval_texts, tokenizer, args.block_size) if eval_texts else None
     log["train_tokens"] = train.blocks.numel()
     log["held_out_tokens"] = evaluation.blocks.numel() if evaluation is not None else 0
-    training = TrainingArguments(
-        output_dir=args.output_dir, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size, learning_rate=args.lr, weight_decay=args.weight_decay,
-        lr_scheduler_type="cosine", warmup_steps=min(args.warmup, args.steps // 10), max_grad_norm=1.0,
-        logging_steps=args.log_every or max(1, args.steps // 20), save_strategy="no", report_to=[], bf16=args.bf16,
-        eval_strategy="steps" if args.eval_every else "no", eval_steps=args.eval_every,
-        use_cpu=not torch.cuda.is_available(), seed=args.seed,
-    )
-    callbacks = [TimeLimit(args.max_minutes)] if args.max_minutes else []
-    use_cache = model.config.use_cache  # the Trainer turns it off; the saved model is for inference
-    trainer = Trainer(model=model, args=training, train_dataset=train, eval_dataset=evaluation, callbacks=callbacks)
-    result = trainer.train()
-    model.config.use_cache = use_cache
-    steps, seconds = trainer.state.global_step, result.metrics["train_runtime"]
-    log.update(steps=steps, train_seconds=seconds, tokens_per_step=args.batch_size * training.world_size
-               * args.block_size, device=torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")
-    evaluating = sum(entry.get("eval_runtime", 0) for entry in trainer.state.log_history)  # periodic evaluations
-    log.update(tokens_seen=steps * log["tokens_per_step"],
-               tokens_per_second=steps * log["tokens_per_step"] / (seconds - evaluating))
-    print(f"final training loss: {result.training_loss:.4f} after {steps} steps in {seconds:.0f} s "
-          f"({log['tokens_per_second']:,.0f} tokens/s)")
-    save_dtype = getattr(torch, args.save_dtype)
-    round_weights_(model, save_dtype)
-    if evaluation is not None:
-        log["held_out_loss"] = trainer.evaluate()["eval_loss"]
-        print(f"eval loss: {log['held_out_loss']:.4f}, perplexity: {math.exp(log['held_out_loss']):.2f} "
-              f"(uniform: {model.config.vocab_size})")
-    log["history"] = trainer.state.log_history
+    # The Trainer works in a temporary folder: OUTPUT_DIR appears only through save_atomically, complete.
+    with tempfile.TemporaryDirectory(prefix="xlstm-train-") as scratch:
+        training = TrainingArguments(
+            output_dir=scratch, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+            per_device_eval_batch_size=args.batch_size, learning_rate=args.lr, weight_decay=args.weight_decay,
+            lr_scheduler_type="cosine", warmup_steps=min(args.warmup, args.steps // 10), max_grad_norm=1.0,
+            logging_steps=args.log_every or max(1, args.steps // 20), save_strategy="no", report_to=[], bf16=args.bf16,
+            eval_strategy="steps" if args.eval_every else "no", eval_steps=args.eval_every,
+            use_cpu=not torch.cuda.is_available(), seed=args.seed,
+        )
+        callbacks = [TimeLimit(args.max_minutes)] if args.max_minutes else []
+        use_cache = model.config.use_cache  # the Trainer turns it off; the saved model is for inference
+        trainer = Trainer(model=model, args=training, train_dataset=train, eval_dataset=evaluation, callbacks=callbacks)
+        result = trainer.train()
+        model.config.use_cache = use_cache
+        steps, seconds = trainer.state.global_step, result.metrics["train_runtime"]
+        log.update(steps=steps, train_seconds=seconds, tokens_per_step=args.batch_size * training.world_size
+                   * args.block_size, device=torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")
+        evaluating = sum(entry.get("eval_runtime", 0) for entry in trainer.state.log_history)  # periodic evaluations
+        log.update(tokens_seen=steps * log["tokens_per_step"],
+                   tokens_per_second=steps * log["tokens_per_step"] / (seconds - evaluating))
+        print(f"final training loss: {result.training_loss:.4f} after {steps} steps in {seconds:.0f} s "
+              f"({log['tokens_per_second']:,.0f} tokens/s)")
+        save_dtype = getattr(torch, args.save_dtype)
+        round_weights_(model, save_dtype)
+        if evaluation is not None:
+            log["held_out_loss"] = trainer.evaluate()["eval_loss"]
+            print(f"eval loss: {log['held_out_loss']:.4f}, perplexity: {math.exp(log['held_out_loss']):.2f} "
+                  f"(uniform: {model.config.vocab_size})")
+        log["history"] = trainer.state.log_history
     model = model.to(save_dtype)
 
     def write_log(folder) -> None:

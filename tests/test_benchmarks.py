@@ -10,6 +10,10 @@ from helpers import run_script, script_help
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def strict_json(constant: str):
+    raise AssertionError(f"{constant} in a results file: not JSON")
+
+
 def test_generation_benchmark_tiny(tmp_path):
     out = tmp_path / "generation.json"
     variants = ("xlstm_hf", "xlstm_hf_eager", "transformers_xlstm", "llama2", "falcon_mamba")
@@ -19,8 +23,9 @@ def test_generation_benchmark_tiny(tmp_path):
                           "--memory-tokens", "6", "--ttft-samples", "2", "--out", str(out)], capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    rows = json.loads(out.read_text())["rows"]
+    rows = json.loads(out.read_text(), parse_constant=strict_json)["rows"]
     assert not [r for r in rows if "error" in r]
+    assert all(r["peak_gib"] is None for r in rows)  # not measured on the CPU
     latency = {(r["variant"], r["prompt"]) for r in rows if r["suite"] == "latency"}
     assert latency == {(v, p) for v in variants for p in (0, 40)}
     assert {r["variant"] for r in rows if r["suite"] == "memory"} == {"xlstm_hf", "xlstm_hf_eager", "llama2"}

@@ -14,7 +14,7 @@ from transformers.initialization import no_init_weights
 
 from helpers import TINY, random_ids, tiny_model
 from test_configuration import NXAI_7B_CONFIG
-from xlstm_hf import XLSTMForCausalLM
+from xlstm_hf import XLSTMForCausalLM, default_model_path
 
 
 def logits(model, ids):
@@ -51,7 +51,7 @@ VANILLA_LOAD = textwrap.dedent("""
     sys.modules["xlstm"] = None  # hidden even where installed (a test dependency): vanilla's strict path
     import torch
     from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+    model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
     assert type(model).__module__.startswith("transformers.models.xlstm"), type(model)
     assert "xlstm_hf" not in sys.modules
     ids = torch.load(sys.argv[2])
@@ -60,20 +60,30 @@ VANILLA_LOAD = textwrap.dedent("""
 """)
 
 
-def test_our_checkpoint_loads_in_vanilla_transformers(tmp_path):
-    # weight_mode "single" only: vanilla transformers cannot load any fused checkpoint (its own fused gate
-    # initialisation raises a shape error, also when loading), whoever wrote it.
-    model = tiny_model(chunk_size=64)
-    model.save_pretrained(tmp_path / "ckpt", max_shard_size="200KB")
-    ids = random_ids(2, 70)
+def vanilla_logits(tmp_path, folder, ids: torch.Tensor) -> torch.Tensor:
+    """The logits of the checkpoint in `folder` as vanilla transformers computes them, in a process without xlstm_hf."""
     torch.save(ids, tmp_path / "ids.pt")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run(
-        [sys.executable, "-c", VANILLA_LOAD, str(tmp_path / "ckpt"), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
-        check=True, cwd=tmp_path, env=env,
-    )
-    theirs = torch.load(tmp_path / "out.pt")
-    assert (theirs - logits(model, ids)).abs().max() < 1e-4
+    subprocess.run([sys.executable, "-c", VANILLA_LOAD, str(folder), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
+                   check=True, cwd=tmp_path, env=env)
+    return torch.load(tmp_path / "out.pt")
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_our_checkpoint_loads_in_vanilla_transformers(tmp_path, tied):
+    # weight_mode "single" only: vanilla transformers cannot load any fused checkpoint (its own fused gate
+    # initialisation raises a shape error, also when loading), whoever wrote it. It never ties embeddings either:
+    # a tied model's head must be in the file.
+    model = tiny_model(chunk_size=64, tie_word_embeddings=tied)
+    model.save_pretrained(tmp_path / "ckpt", max_shard_size="200KB")
+    ids = random_ids(2, 70)
+    assert (vanilla_logits(tmp_path, tmp_path / "ckpt", ids) - logits(model, ids)).abs().max() < 1e-4
+
+
+def test_the_default_model_loads_in_vanilla_transformers(tmp_path):
+    ids = random_ids(1, 30, vocab=8192)
+    ours = logits(AutoModelForCausalLM.from_pretrained(default_model_path(), dtype=torch.float32), ids)
+    assert (vanilla_logits(tmp_path, default_model_path(), ids) - ours).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("weight_mode", ["single", "fused"])

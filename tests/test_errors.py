@@ -1,5 +1,7 @@
 """Bad input gets a clear error that names the problem, never a crash deep inside or a silent wrong answer."""
 
+import json
+
 import pytest
 import torch
 
@@ -59,3 +61,69 @@ def test_a_cache_that_does_not_fit(change, message):
 def test_a_cache_of_the_wrong_type():
     with pytest.raises(TypeError, match="XLSTMCache"):
         tiny_model()(random_ids(1, 3), cache=((torch.zeros(1),) * 3,))
+
+
+# The command line: a bad argument is reported in one line that names it, with exit code 2 and no traceback.
+
+
+def cli_error(capsys, *argv) -> str:
+    """What `xlstm-hf ARGV` prints to stderr; fails unless it exits with 2 and without a traceback."""
+    from xlstm_hf.cli import main
+
+    try:
+        code = main([str(arg) for arg in argv])
+    except SystemExit as exited:  # argparse's errors
+        code = exited.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["generate", "x", "--device", "foo"], "--device"),
+    (["generate", "x", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["generate", "x", "--temperature", "-1"], "--temperature"),  # used to run greedy, silently
+    (["generate", "x", "--top-p", "0"], "--top-p"),
+    (["generate", "x", "--top-p", "1.5"], "--top-p"),
+    (["bench", "--prompt-length", "-3"], "--prompt-length"),
+    (["bench", "--batch", "0"], "--batch"),
+    (["bench", "--new-tokens", "0"], "--new-tokens"),
+    (["convert", "a", "b", "--max-shard-size", "0GB"], "--max-shard-size"),
+])
+def test_cli_out_of_range_arguments(capsys, argv, named):
+    assert f"argument {named}:" in cli_error(capsys, *argv)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_device_this_machine_lacks(capsys):
+    assert "argument --device: cuda" in cli_error(capsys, "generate", "x", "--device", "cuda")
+
+
+def test_cli_model_that_cannot_be_loaded(capsys, tmp_path):
+    tiny_model().config.save_pretrained(tmp_path / "no_weights")  # a config.json, and no weights beside it
+    err = cli_error(capsys, "generate", "x", "--model", tmp_path / "no_weights")
+    assert f"--model {tmp_path / 'no_weights'}:" in err
+    err = cli_error(capsys, "export", "--remote-code", tmp_path / "bundle", "--model", tmp_path / "missing")
+    assert f"--model {tmp_path / 'missing'}" in err and not (tmp_path / "bundle").exists()
+
+
+def test_cli_convert_a_state_dict_that_does_not_load_or_fit(capsys, tmp_path):
+    from safetensors.torch import save_file
+
+    model = tiny_model()
+    save_file({("embedding.weight" if k == "backbone.embeddings.weight" else k): v.contiguous()
+               for k, v in model.state_dict().items()}, tmp_path / "large.safetensors")
+    config = dict(embedding_dim=128, num_blocks=2, num_heads=2, vocab_size=model.config.vocab_size, chunk_size=16)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "other_vocab.json").write_text(json.dumps({**config, "vocab_size": 99}))
+    (tmp_path / "code.py").write_text("print('not a state dict')\n")
+    err = cli_error(capsys, "convert", tmp_path / "code.py", tmp_path / "out", "--xlstm-large-config",
+                    tmp_path / "config.json")
+    assert f"{tmp_path / 'code.py'}: not a state-dict file" in err
+    err = cli_error(capsys, "convert", tmp_path / "large.safetensors", tmp_path / "out", "--xlstm-large-config",
+                    tmp_path / "other_vocab.json")
+    assert "--xlstm-large-config" in err and "size mismatch" in err
+    err = cli_error(capsys, "convert", tmp_path / "large.safetensors", tmp_path / "out", "--xlstm-large-config",
+                    tmp_path / "code.py")
+    assert f"--xlstm-large-config {tmp_path / 'code.py'}:" in err
+    assert not list(tmp_path.glob("*out*"))

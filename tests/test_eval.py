@@ -161,3 +161,33 @@ def test_ruler_prompts_synthesised_offline_with_the_models_tokenizer(setup, tmp_
     with local_files(essays=str(tmp_path / "essays.txt")):
         assert niah_utils.get_haystack(type_haystack="essay")[:4] == ["the", "way", "of", "word"]
     assert niah_utils.get_haystack(type_haystack="repeat").startswith("The grass is green")  # restored
+
+
+def test_ruler_lengths_the_paper_did_not_run(tmp_path, monkeypatch):
+    from xlstm_hf.eval import ruler
+
+    results = {"niah_single_1": {"1024,none": 0.5, "4096,none": 0.25}, "ruler_vt": {"1024,none": 0.7}}
+    monkeypatch.setattr(ruler, "run", lambda *args, **kwargs: results)  # lm-eval's results, without the hours
+    ruler.main(["--model", "m", "--output-dir", str(tmp_path), "--lengths", "1024", "4096"])
+    text = (tmp_path / "ruler.md").read_text()
+    assert "| **average** | **60.0** | **25.0** |" in text and "| paper (xLSTM 7B) | - | 54.4 |" in text
+
+
+def test_leaderboard_results_file_that_is_missing_broken_or_empty(tmp_path, capsys):
+    from xlstm_hf.eval.leaderboard import main
+
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "empty.json").write_text(json.dumps({"results": {}}))
+    for name in ("missing.json", "broken.json", "empty.json"):
+        with pytest.raises(SystemExit) as exited:
+            main(["--from-results", str(tmp_path / name), "--output-dir", str(tmp_path / "report")])
+        assert exited.value.code == 2 and f"--from-results {tmp_path / name}:" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()  # no report of nothing, with an average of nan
+
+
+def test_cli_pass_through_names_a_model_that_cannot_be_loaded(setup, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "xlstm_hf", "eval", "--tasks", "xlstm_local_mc", "--include_path",
+                          str(setup[1]), "--model_args", f"pretrained={tmp_path / 'missing'}", "--device", "cpu"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert f"pretrained={tmp_path / 'missing'}:" in run.stderr

@@ -307,6 +307,35 @@ def test_a_cache_with_the_wrong_batch_size_for_generate():
     model = tiny_model()
     with pytest.raises(ValueError, match="batch size"):
         model.generate(random_ids(3, 5), cache=XLSTMCache(model.config, 2), max_new_tokens=2)
+    # A batch size that the cache's divides is no exception: one prompt's state is never copied to other prompts.
+    ids = random_ids(2, 6)
+    for beams in (1, 2):
+        with pytest.raises(ValueError, match="batch size 1"):
+            model.generate(ids, cache=model(ids[:1, :4]).cache, num_beams=beams, max_new_tokens=2)
+
+
+def test_a_cache_that_already_holds_the_input_is_refused():
+    # Re-feeding tokens the state holds would count them twice: generate() says so instead, with or without
+    # chunked prefill, whether the cache holds all of the input or more.
+    model = tiny_model()
+    ids = random_ids(1, 9)
+    for prompt in (ids, ids[:, :5]):
+        for chunk in (None, 4):
+            with pytest.raises(ValueError, match="already holds 9 tokens"):
+                model.generate(prompt, cache=model(ids).cache, prefill_chunk_size=chunk, max_new_tokens=2)
+    # Only the new tokens, with a mask over the whole conversation, continue the cache.
+    ids = random_ids(1, 12)
+    continued = model.generate(ids[:, 9:], attention_mask=torch.ones_like(ids), cache=model(ids[:, :9]).cache,
+                               max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    fresh = model.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert torch.equal(continued, fresh[:, 9:])
+
+
+def test_a_cache_with_use_cache_false_is_refused():
+    model = tiny_model()
+    ids = random_ids(1, 9)
+    with pytest.raises(ValueError, match="use_cache=False"):
+        model.generate(ids, cache=model(ids[:, :5]).cache, use_cache=False, max_new_tokens=2)
 
 
 def test_a_long_prompt_is_never_held_whole():

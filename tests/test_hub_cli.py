@@ -15,7 +15,7 @@ from test_checkpoints import write_nxai_checkpoint
 from xlstm_hf import XLSTMConfig, XLSTMForCausalLM
 from xlstm_hf.cli import main as cli_main
 from xlstm_hf.conversion import convert_checkpoint, convert_weight_mode
-from xlstm_hf.hub import push_to_hub, save_for_hub
+from xlstm_hf.hub import model_card, push_to_hub, save_for_hub
 from xlstm_hf.remote_code import export_remote_code
 
 
@@ -46,22 +46,44 @@ def test_push_to_hub_hands_every_file_to_one_commit(tmp_path):
     calls = {}
 
     class FakeApi:  # records what would go over the network
-        def create_repo(self, repo_id, private=False, exist_ok=False):
+        def create_repo(self, repo_id, private=None, exist_ok=False):
             calls["repo"] = (repo_id, private, exist_ok)
 
-        def create_commit(self, repo_id, operations, commit_message):
+        def create_branch(self, repo_id, branch, exist_ok=False):
+            calls["branch"] = (repo_id, branch, exist_ok)
+
+        def create_commit(self, repo_id, operations, commit_message, **options):
             calls["paths"] = sorted(op.path_in_repo for op in operations)
             calls["sizes"] = {op.path_in_repo: os.path.getsize(op.path_or_fileobj) for op in operations}
+            calls["card"] = next(open(op.path_or_fileobj).read() for op in operations if op.path_in_repo == "README.md")
+            calls["commit"] = dict(message=commit_message, **options)
             return "commit-info"
 
     result = push_to_hub(tiny_model(), "me/tiny", make_tokenizer(), private=True, api=FakeApi())
-    assert result == "commit-info" and calls["repo"] == ("me/tiny", True, True)
+    assert result == "commit-info" and calls["repo"] == ("me/tiny", True, True) and "branch" not in calls
+    assert calls["commit"] == dict(message="Upload xLSTM", commit_description=None, revision=None, create_pr=False)
     paths = calls["paths"]
-    assert tiny_model().push_to_hub("me/tiny", tokenizer=make_tokenizer(), api=FakeApi()) == "commit-info"
-    assert calls["paths"] == paths  # the model's own push_to_hub uploads the same repository
-    assert {"config.json", "model.safetensors", "generation_config.json", "README.md", "tokenizer.json"} <= set(
-        calls["paths"])
+    assert {"config.json", "model.safetensors", "generation_config.json", "README.md", "tokenizer.json"} <= set(paths)
     assert all(size > 0 for size in calls["sizes"].values())
+    # The model's own push_to_hub uploads the same repository, with transformers' keywords.
+    options = dict(commit_message="m", commit_description="d", revision="dev", create_pr=True, tags=["mine"])
+    assert tiny_model().push_to_hub("me/tiny", tokenizer=make_tokenizer(), api=FakeApi(), **options) == "commit-info"
+    assert calls["paths"] == paths and calls["branch"] == ("me/tiny", "dev", True)
+    assert calls["commit"] == dict(message="m", commit_description="d", revision="dev", create_pr=True)
+    assert "- mine\n" in calls["card"].split("---")[1]
+    with pytest.raises(TypeError, match="bogus"):
+        tiny_model().push_to_hub("me/tiny", api=FakeApi(), bogus=1)
+
+
+@pytest.mark.parametrize("overrides, limit", [({}, None), ({"weight_mode": "fused"}, "weight_mode"),
+                                              ({"hidden_size": 96, "num_heads": 4}, "multiples of 64"),
+                                              ({"add_out_norm": False}, "add_out_norm")])
+def test_the_model_card_says_when_plain_transformers_cannot_run_it(overrides, limit):
+    card = model_card(tiny_model(**overrides))
+    if limit is None:
+        assert "loads in plain transformers" in card and "optional" in card
+    else:
+        assert "cannot run it" in card and limit in card and "loads in plain transformers" not in card
 
 
 REMOTE_LOAD = textwrap.dedent("""
@@ -177,6 +199,33 @@ def test_cli_convert_and_export(model_folder, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "fused").config.weight_mode == "fused"
     run = cli("export", "--remote-code", tmp_path / "bundle", "--model", model_folder)
     assert run.returncode == 0 and (tmp_path / "bundle" / "modeling_xlstm.py").is_file()
+
+
+def test_converting_a_folder_keeps_its_other_files(model_folder, tmp_path):
+    (model_folder / "README.md").write_text("my own card")
+    (model_folder / ".git").mkdir()
+    before = logits(AutoModelForCausalLM.from_pretrained(model_folder), random_ids(1, 9))
+    # Into a new folder: the tokenizer and the card come along.
+    convert_checkpoint(model_folder, tmp_path / "fused", weight_mode="fused", dtype=None)
+    assert (tmp_path / "fused" / "tokenizer.json").is_file() and (tmp_path / "fused" / "README.md").read_text() == (
+        "my own card")
+    # Into itself: nothing but the weights and config changes, and no other entry is lost.
+    convert_checkpoint(model_folder, model_folder, weight_mode="fused", dtype=None)
+    after = AutoModelForCausalLM.from_pretrained(model_folder)
+    assert after.config.weight_mode == "fused" and (model_folder / ".git").is_dir()
+    assert (model_folder / "README.md").read_text() == "my own card" and (model_folder / "tokenizer.json").is_file()
+    assert (logits(after, random_ids(1, 9)) - before).abs().max() < 1e-5
+
+
+def test_exporting_code_into_a_model_folder_keeps_everything_else(model_folder):
+    (model_folder / ".git").mkdir()
+    (model_folder / ".git" / "HEAD").write_text("ref")
+    weights = (model_folder / "model.safetensors").read_bytes()
+    export_remote_code(model_folder)
+    assert (model_folder / ".git" / "HEAD").read_text() == "ref" and (model_folder / "tokenizer.json").is_file()
+    assert (model_folder / "model.safetensors").read_bytes() == weights
+    assert (model_folder / "modeling_xlstm.py").is_file() and "auto_map" in json.loads(
+        (model_folder / "config.json").read_text())
 
 
 def test_cli_errors_are_clear_and_leave_nothing_behind(tmp_path):

@@ -2,15 +2,18 @@
 checkpointing), atomic saving, and the two example scripts end to end on local data."""
 
 import json
+import os
+import runpy
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-from helpers import make_tokenizer, script_help, tiny_model
+from helpers import make_tokenizer, run_script, script_help, tiny_model
 from xlstm_hf.training import PackedBlocks, SFTExamples, read_texts, right_padded_batch, save_atomically
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +83,32 @@ def test_save_atomically_never_leaves_a_half_written_folder(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
 
 
+def test_save_atomically_updates_a_folder_as_save_pretrained_does(tmp_path):
+    # Into an existing folder: new files replace old ones, an earlier save's weights go, every other entry stays.
+    model, out = tiny_model(), tmp_path / "out"
+    model.save_pretrained(out, max_shard_size="100KB")
+    (out / "tokenizer.json").write_text("{}")
+    (out / ".git").mkdir()
+    save_atomically(out, model)
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "tokenizer.json", ".git"} <= names and not [n for n in names if "-of-" in n]
+    assert "model.safetensors.index.json" not in names
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # not a private temporary folder's 0700
+    # A failed save puts everything back; a file in the output's place is refused untouched.
+    def disk_full(path):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_atomically(out, disk_full)
+    assert {p.name for p in out.iterdir()} == names and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        save_atomically(tmp_path / "file", model)
+    assert (tmp_path / "file").read_text() == "mine" and len(list(tmp_path.iterdir())) == 2
+
+
 def run_example(script, *args):
     run = subprocess.run([sys.executable, str(ROOT / "examples" / script), *map(str, args)], capture_output=True,
                          text=True, timeout=600)
@@ -125,3 +154,52 @@ def test_train_example_from_scratch(local_data):
 def test_examples_have_help():
     for script in ("finetune_lora.py", "train.py"):
         assert "usage:" in script_help(ROOT / "examples" / script), script
+
+
+def example_main(script):
+    """The `main` of an example script, to call in this process."""
+    return runpy.run_path(str(ROOT / "examples" / script))["main"]
+
+
+@pytest.mark.parametrize("script, args", [
+    ("train.py", ["--preset", "tiny", "--tokenizer", "{data}/model", "--steps", "4", "--block-size", "16"]),
+    ("finetune_lora.py", ["--model", "{data}/model", "--steps", "4", "--rank", "2"]),
+])
+def test_interrupted_training_leaves_no_output_folder(local_data, monkeypatch, script, args):
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "training_step", ctrl_c)  # Ctrl-C during the first step
+    monkeypatch.setattr(tempfile, "tempdir", str(local_data / "tmp"))  # where a scratch folder would be left
+    (local_data / "tmp").mkdir()
+    argv = [arg.format(data=local_data) for arg in args]
+    with pytest.raises(KeyboardInterrupt):
+        example_main(script)([*argv, "--train-file", str(local_data / "train.jsonl"), "--output-dir",
+                              str(local_data / "out")])
+    assert not [p.name for p in local_data.iterdir() if "out" in p.name] and not list((local_data / "tmp").iterdir())
+
+
+@pytest.mark.parametrize("script, args, named", [
+    ("finetune_lora.py", ["--train-file", "{data}/missing.jsonl"], "--train-file {data}/missing.jsonl"),
+    ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--text-field", "body"], "--text-field body"),
+    ("finetune_lora.py", ["--train-file", "{data}/broken.jsonl"], "--train-file {data}/broken.jsonl"),
+    ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--batch-size", "0"], "--batch-size"),
+    ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--rank", "0"], "--rank"),
+    ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--max-length", "0"], "--max-length"),
+    ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--steps", "0"], "--steps"),  # used to train anyway
+    ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--dropout", "1"], "--dropout"),
+    ("train.py", ["--train-file", "{data}/train.jsonl", "--eval-file", "{data}/broken.jsonl"],
+     "--eval-file {data}/broken.jsonl"),
+    ("train.py", ["--train-file", "{data}/train.jsonl", "--warmup", "-1"], "--warmup"),
+    ("train.py", ["--train-file", "{data}/train.jsonl", "--lr", "0"], "--lr"),
+    ("train.py", ["--train-file", "{data}/train.jsonl", "--block-size", "1"], "--block-size"),
+    ("train.py", ["--corpus", "stdlib", "--preset", "tiny", "--vocab-size", "100"], "--vocab-size"),
+    ("quickstart.py", ["--new-tokens", "-1"], "--new-tokens"),  # printed a nonsense speed
+])
+def test_examples_name_a_bad_argument(local_data, script, args, named):
+    (local_data / "broken.jsonl").write_text('{"text": "the way"}\nnot json\n')
+    argv = [arg.format(data=local_data) for arg in args]
+    output = [] if script == "quickstart.py" else ["--output-dir", str(local_data / "out")]
+    code, _, err = run_script(ROOT / "examples" / script, *argv, *output)
+    assert code == 2 and named.format(data=local_data) in err and "Traceback" not in err, err
+    assert not (local_data / "out").exists()

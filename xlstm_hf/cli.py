@@ -11,9 +11,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
+
+from .arguments import positive_int
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -22,10 +25,58 @@ class CommandError(Exception):
     """A problem the user can fix; printed without a traceback."""
 
 
+def temperature(text: str) -> float:
+    """An argparse type: 0 (greedy) or a positive, finite sampling temperature."""
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be 0 (greedy) or positive, got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def shard_size(text: str) -> str:
+    """An argparse type: a positive size such as 5GB or 500MB (checked here rather than after the conversion)."""
+    from transformers.utils.hub import convert_file_size_to_int
+
+    try:
+        positive = convert_file_size_to_int(text) > 0
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not positive:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return text
+
+
+def device(name: str) -> str:
+    """An argparse type: a torch device that this machine has (cpu, cuda, cuda:1, ...)."""
+    import torch
+
+    try:
+        parsed = torch.device(name)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if parsed.type != "cpu":
+        accelerator = torch.accelerator.current_accelerator()
+        if accelerator is None or accelerator.type != parsed.type:
+            raise argparse.ArgumentTypeError(f"{name}: this machine has no {parsed.type} device")
+        if (parsed.index or 0) >= torch.accelerator.device_count():
+            raise argparse.ArgumentTypeError(f"{name}: this machine has {torch.accelerator.device_count()} "
+                                             f"{parsed.type} devices")
+    return name
+
+
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model folder or Hub id (default: the small code model shipped with "
                                         "xlstm_hf, trained on the Python standard library; runs offline)")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu or cuda (default: best there is)")
+    parser.add_argument("--device", type=device, default="cuda" if _cuda() else "cpu",
+                        help="cpu or cuda (default: best there is)")
     parser.add_argument("--dtype", choices=DTYPES,
                         help="weights' dtype (default: float32 on the CPU, the checkpoint's elsewhere)")
 
@@ -36,21 +87,32 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _load_model(name: str, **kwargs):
+    """AutoModelForCausalLM.from_pretrained(name), failing with a CommandError that names --model."""
+    from transformers import AutoModelForCausalLM
+
+    import xlstm_hf  # noqa: F401  (registers our classes)
+
+    path = Path(name)
+    if (path.exists() or name.startswith((".", "/"))) and not (path / "config.json").is_file():
+        raise CommandError(f"--model {name}: no config.json there")
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as error:  # e.g. neither a folder here nor a Hub model that could be fetched
+        raise CommandError(f"--model {name}: {error}") from None
+
+
 def _load(args):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    import xlstm_hf  # registers our classes
+    import xlstm_hf
 
     if args.model is None:
         args.model = str(xlstm_hf.default_model_path())
-    path = Path(args.model)
-    if (path.exists() or str(args.model).startswith((".", "/"))) and not (path / "config.json").is_file():
-        raise CommandError(f"--model {args.model}: no config.json there")
     # bf16 matmuls are slow on most CPUs: compute in float32 there unless asked otherwise.
     dtype = getattr(torch, args.dtype) if args.dtype else torch.float32 if args.device == "cpu" else "auto"
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
-    model = model.to(args.device).eval()
+    model = _load_model(args.model, dtype=dtype).to(args.device).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     except (OSError, ValueError) as error:
@@ -78,32 +140,43 @@ def cmd_generate(args) -> None:
 
 def cmd_convert(args) -> None:
     import json
+    import pickle
 
     import torch
+    from safetensors import SafetensorError
 
     from .conversion import convert_checkpoint
 
     large_config = None
     if args.xlstm_large_config:
-        large_config = json.loads(Path(args.xlstm_large_config).read_text())
+        try:
+            large_config = json.loads(Path(args.xlstm_large_config).read_text())
+        except (OSError, ValueError) as error:
+            raise CommandError(f"--xlstm-large-config {args.xlstm_large_config}: {error}") from None
+        if not isinstance(large_config, dict):
+            raise CommandError(f"--xlstm-large-config {args.xlstm_large_config}: not a JSON object")
     elif not (Path(args.source) / "config.json").is_file():
         raise CommandError(f"{args.source}: not a checkpoint folder with a config.json (an xLSTMLarge state-dict file "
                            "needs --xlstm-large-config)")
-    out = convert_checkpoint(args.source, args.destination, weight_mode=args.weight_mode,
-                             dtype=getattr(torch, args.dtype) if args.dtype else None,
-                             max_shard_size=args.max_shard_size, xlstm_large_config=large_config)
+    try:
+        out = convert_checkpoint(args.source, args.destination, weight_mode=args.weight_mode,
+                                 dtype=getattr(torch, args.dtype) if args.dtype else None,
+                                 max_shard_size=args.max_shard_size, xlstm_large_config=large_config)
+    except (pickle.UnpicklingError, EOFError, SafetensorError):  # torch.load(weights_only=True) or safetensors
+        raise CommandError(f"{args.source}: not a state-dict file (safetensors, or tensors saved with torch.save)"
+                           ) from None
+    except (RuntimeError, ValueError) as error:  # load_state_dict's size mismatches, missing weights, a bad config
+        if large_config is None:
+            raise
+        raise CommandError(f"{args.source} does not fit --xlstm-large-config {args.xlstm_large_config}: {error}"
+                           ) from None
     print(f"wrote {out}")
 
 
 def cmd_export(args) -> None:
     from .remote_code import export_remote_code
 
-    model = None
-    if args.model:
-        import xlstm_hf  # noqa: F401
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(args.model)
+    model = _load_model(args.model) if args.model else None
     out = export_remote_code(args.remote_code, model)
     print(f"wrote a remote-code bundle to {out}: load it with trust_remote_code=True")
 
@@ -138,7 +211,10 @@ def cmd_eval(args) -> None:
         from .eval import run_lm_eval_cli
     except ImportError as error:
         raise CommandError(f"lm-eval is not installed ({error}): pip install 'xlstm_hf[eval]'") from None
-    run_lm_eval_cli(args.lm_eval_args)
+    try:
+        run_lm_eval_cli(args.lm_eval_args)
+    except OSError as error:  # a model that cannot be loaded (named in the message), an unwritable output path
+        raise CommandError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,9 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="complete a prompt and print tokens/s")
     generate.add_argument("prompt")
     _add_model_args(generate)
-    generate.add_argument("--max-new-tokens", type=int, default=64)
-    generate.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
-    generate.add_argument("--top-p", type=float, default=0.95)
+    generate.add_argument("--max-new-tokens", type=positive_int, default=64)
+    generate.add_argument("--temperature", type=temperature, default=0.0, help="0: greedy (default)")
+    generate.add_argument("--top-p", type=probability, default=0.95, help="nucleus sampling (default: 0.95)")
     generate.set_defaults(run=cmd_generate)
 
     convert = commands.add_parser("convert", help="convert a checkpoint (layout, weight mode, dtype)")
@@ -159,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("destination", help="output folder (written atomically)")
     convert.add_argument("--weight-mode", choices=["single", "fused"])
     convert.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="default: bfloat16")
-    convert.add_argument("--max-shard-size", default="5GB")
+    convert.add_argument("--max-shard-size", type=shard_size, default="5GB")
     convert.add_argument("--xlstm-large-config", help="JSON of the xlstm package's xLSTMLargeConfig for SOURCE")
     convert.set_defaults(run=cmd_convert)
 
@@ -170,9 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="prefill and decode speed of a model")
     _add_model_args(bench)
-    bench.add_argument("--prompt-length", type=int, default=512)
-    bench.add_argument("--new-tokens", type=int, default=32)
-    bench.add_argument("--batch", type=int, default=1)
+    bench.add_argument("--prompt-length", type=positive_int, default=512)
+    bench.add_argument("--new-tokens", type=positive_int, default=32)
+    bench.add_argument("--batch", type=positive_int, default=1)
     bench.set_defaults(run=cmd_bench)
 
     evaluate = commands.add_parser("eval", help="lm-eval with this implementation (arguments go to lm-eval)")
@@ -190,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (CommandError, FileNotFoundError, ValueError) as error:
+    except (CommandError, FileNotFoundError, FileExistsError, ValueError) as error:  # FileExistsError: a file as output
         print(f"xlstm-hf {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

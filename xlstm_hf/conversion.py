@@ -3,6 +3,7 @@ and the original NX-AI/xLSTM-7b layout into a clean checkpoint of ours."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -10,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .configuration_xlstm import XLSTMConfig
 from .modeling_xlstm import XLSTMForCausalLM
-from .training import save_atomically
+from .training import WEIGHT_FILE, save_atomically
 
 # (fused parameter, its single-mode parts in order) per block; split sizes come from the config.
 _FUSED = {
@@ -70,8 +71,11 @@ def convert_checkpoint(
     xlstm_large_config: dict | None = None,
 ) -> Path:
     """Load a checkpoint (ours, transformers', NX-AI's original layout, or with `xlstm_large_config` an xLSTMLarge
-    state-dict file), optionally change weight mode and dtype, and save a clean sharded checkpoint atomically."""
+    state-dict file), optionally change weight mode and dtype, and save a clean sharded checkpoint atomically. The
+    other files of a source folder (tokenizer, model card, ...) come along; converting a folder into itself keeps
+    them."""
     source = Path(source)
+    companions, generation_config = [], None
     if xlstm_large_config is not None:
         config = XLSTMConfig(**xlstm_large_config)
         state_dict = from_xlstm_large_state_dict(_load_state_dict(source))
@@ -79,7 +83,8 @@ def convert_checkpoint(
         if not (source / "config.json").is_file():
             raise FileNotFoundError(f"no config.json in {source}")
         model = XLSTMForCausalLM.from_pretrained(source, dtype=dtype or "auto")
-        config, state_dict = model.config, model.state_dict()
+        config, state_dict, generation_config = model.config, model.state_dict(), model.generation_config
+        companions = [p for p in source.iterdir() if p.is_file() and not WEIGHT_FILE.fullmatch(p.name)]
     target_mode = weight_mode or config.weight_mode
     state_dict = convert_weight_mode(state_dict, config, target_mode)
     new_config = XLSTMConfig.from_dict({**config.to_dict(), "weight_mode": target_mode})
@@ -95,7 +100,15 @@ def convert_checkpoint(
         model.config.dtype = dtype
     if model.config.tie_word_embeddings:
         model.tie_weights()
-    return save_atomically(destination, lambda path: model.save_pretrained(path, max_shard_size=max_shard_size))
+    if generation_config is not None:
+        model.generation_config = generation_config
+
+    def write(path: Path) -> None:
+        for file in companions:  # first: a model card among them is kept, not generated anew
+            shutil.copy2(file, path / file.name)
+        model.save_pretrained(path, max_shard_size=max_shard_size)
+
+    return save_atomically(destination, write)
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:

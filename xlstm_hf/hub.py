@@ -13,16 +13,38 @@ from .modeling_xlstm import XLSTMForCausalLM
 from .training import save_atomically
 
 
-def model_card(model: XLSTMForCausalLM, repo_id: str | None = None, base_model: str | None = None) -> str:
+def vanilla_limits(config) -> list[str]:
+    """Why vanilla transformers' built-in xLSTM (5.24) cannot run a checkpoint of this config as we do: [] if it can."""
+    limits = []
+    if config.weight_mode != "single":
+        limits.append(f'weight_mode "{config.weight_mode}" (its fused initialisation fails)')
+    if config.qk_dim % 64 or config.v_dim % 64:  # it sizes its cache with the widths rounded up to 64
+        limits.append(f"q/k and v widths {config.qk_dim} and {config.v_dim}, not multiples of 64")
+    if not config.add_out_norm:
+        limits.append("add_out_norm=False (it applies the final norm whatever the flag says)")
+    return limits
+
+
+def model_card(model: XLSTMForCausalLM, repo_id: str | None = None, base_model: str | None = None,
+               tags: list[str] | None = None) -> str:
     """README.md with YAML metadata (library, pipeline, tags, base model), the architecture and a usage snippet."""
     config = model.config
     params = sum(p.numel() for p in model.parameters())
     name = repo_id or "path/to/this/folder"
-    metadata = ["---", "library_name: transformers", "pipeline_tag: text-generation", "license: other",
-                "tags:", "- xlstm", "- mlstm", "- recurrent", "- xlstm_hf"]
+    metadata = ["---", "library_name: transformers", "pipeline_tag: text-generation", "license: other", "tags:",
+                *(f"- {tag}" for tag in dict.fromkeys(["xlstm", "mlstm", "recurrent", "xlstm_hf", *(tags or [])]))]
     if base_model:
         metadata += ["base_model:", f"- {base_model}"]
     metadata.append("---")
+    limits = vanilla_limits(config)
+    xlstm_hf_link = "[xlstm_hf](https://pypi.org/project/xlstm_hf/)"
+    if limits:
+        loading = (f"The checkpoint needs {xlstm_hf_link} (plain transformers' built-in xLSTM cannot run it: "
+                   f"{'; '.join(limits)}), which brings")
+    else:
+        loading = ("The checkpoint loads in plain transformers (>= 5.24, its built-in xLSTM) and, faster, with "
+                   f"{xlstm_hf_link}:")
+    import_note = "registers the implementation it needs" if limits else "optional: registers the fast implementation"
     body = f"""
 # {name.split("/")[-1]}
 
@@ -31,12 +53,11 @@ An xLSTM language model ([xLSTM 7B architecture](https://arxiv.org/abs/2503.1342
 {config.qk_head_dim}, v head dim {config.v_head_dim}), vocabulary {config.vocab_size}, weight mode
 `{config.weight_mode}`{", fine-tuned from " + base_model if base_model else ""}.
 
-The checkpoint loads in plain transformers (>= 5.24, its built-in xLSTM) and, faster, with
-[xlstm_hf](https://pypi.org/project/xlstm_hf/): Triton kernels for the mLSTM cell on CUDA (a PyTorch reference
-elsewhere), exact padded batches, constant memory in context.
+{loading} Triton kernels for the mLSTM cell on CUDA (a PyTorch reference elsewhere), exact padded batches, constant
+memory in context.
 
 ```python
-import xlstm_hf  # optional: registers the fast implementation
+import xlstm_hf  # {import_note}
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained("{name}")
@@ -49,26 +70,33 @@ print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0]))
 
 
 def save_for_hub(model: XLSTMForCausalLM, folder: str | Path, tokenizer=None, repo_id: str | None = None,
-                 base_model: str | None = None, max_shard_size: str = "5GB") -> Path:
+                 base_model: str | None = None, max_shard_size: str = "5GB", tags: list[str] | None = None) -> Path:
     """Write the whole repository into `folder`, atomically."""
     def write(path: Path) -> None:
         model.save_pretrained(path, max_shard_size=max_shard_size)
         model.generation_config.save_pretrained(path)
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
-        (Path(path) / "README.md").write_text(model_card(model, repo_id, base_model), encoding="utf-8")
+        (Path(path) / "README.md").write_text(model_card(model, repo_id, base_model, tags), encoding="utf-8")
 
     return save_atomically(folder, write)
 
 
-def push_to_hub(model: XLSTMForCausalLM, repo_id: str, tokenizer=None, base_model: str | None = None,
-                private: bool = False, token: str | None = None, commit_message: str = "Upload xLSTM",
-                max_shard_size: str = "5GB", api: HfApi | None = None):
-    """Create the repository if needed and upload every file of `save_for_hub` in one commit."""
+def push_to_hub(model: XLSTMForCausalLM, repo_id: str, tokenizer=None, base_model: str | None = None, *,
+                private: bool | None = None, token: str | bool | None = None, commit_message: str | None = None,
+                commit_description: str | None = None, revision: str | None = None, create_pr: bool = False,
+                max_shard_size: str = "5GB", tags: list[str] | None = None, api: HfApi | None = None):
+    """Create the repository if needed and upload every file of `save_for_hub` in one commit (to the branch
+    `revision`, created if missing, or as a pull request with `create_pr`). The keywords are transformers'
+    `push_to_hub`'s; `api` stands in for `HfApi(token=token)`."""
     api = api or HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_for_hub(model, Path(tmp) / "repo", tokenizer, repo_id, base_model, max_shard_size)
+        folder = save_for_hub(model, Path(tmp) / "repo", tokenizer, repo_id, base_model, max_shard_size, tags)
         operations = [CommitOperationAdd(path_in_repo=str(file.relative_to(folder)), path_or_fileobj=str(file))
                       for file in sorted(folder.rglob("*")) if file.is_file()]
         api.create_repo(repo_id, private=private, exist_ok=True)
-        return api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        return api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message or
+                                 "Upload xLSTM", commit_description=commit_description, revision=revision,
+                                 create_pr=create_pr)

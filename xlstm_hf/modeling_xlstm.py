@@ -540,12 +540,48 @@ class RecurrentGenerationMixin(GenerationMixin):
     ) -> None:
         # generate() builds no default cache for xLSTM (it knows only attention caches); make ours up front, so that
         # chunked prefill (`prefill_chunk_size`) and compiled decoding find a static cache from the first call.
-        if model_kwargs.get("cache") is not None or generation_config.use_cache is False:
+        cache = model_kwargs.get("cache")
+        expand = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
+        if cache is not None:
+            if generation_config.use_cache is False:
+                raise ValueError(
+                    "generate() got a `cache` and use_cache=False: without a cache, generate() feeds the whole "
+                    "sequence at every step, which the state passed would absorb again. Drop one of the two."
+                )
+            if cache.batch_size == batch_size and expand > 1:
+                # One state per prompt: one per beam / returned sequence from here on (the caller's cache, in place).
+                cache.batch_repeat_interleave(expand)
+            elif cache.batch_size != batch_size * expand:
+                raise ValueError(
+                    f"`cache` has batch size {cache.batch_size}, but generate() got {batch_size} sequences"
+                    + (f" ({batch_size * expand} with num_beams / num_return_sequences)" if expand > 1 else "")
+                    + ": pass the cache of these very sequences"
+                )
+        if cache is not None or generation_config.use_cache is False:
             return super()._prepare_cache_for_generation(
                 generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
             )
-        expand = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
         model_kwargs["cache"] = self.new_generation_cache(batch_size * expand)
+
+    def _prefill(self, input_ids: torch.LongTensor, generation_config, model_kwargs: dict,
+                 is_first_iteration: bool = True):
+        """transformers' prefill, after checking that a cache passed in is behind the input it continues: its state
+        cannot be rolled back, and transformers would otherwise feed it tokens it already holds."""
+        cache, mask = model_kwargs.get("cache"), model_kwargs.get("attention_mask")
+        held = cache.get_seq_length() if cache is not None else 0
+        embeds = model_kwargs.get("inputs_embeds") if is_first_iteration else None
+        given = (input_ids if embeds is None else embeds).shape[1]
+        # As transformers reads it: the input is the whole conversation, of which the cache holds the first `held`
+        # tokens, unless the attention mask is longer (then only the new tokens were passed). An all-ones mask was
+        # dropped by then, its length kept in the config.
+        mask_length = mask.shape[1] if mask is not None else getattr(generation_config, "_mask_length", -1)
+        if held and (embeds is not None or mask_length == given) and given <= held:
+            raise ValueError(
+                f"the `cache` passed to generate() already holds {held} tokens, and the input has {given}: pass the "
+                "whole conversation with at least one token the cache has not seen (or only the new tokens, with "
+                "an attention_mask over the whole conversation); a recurrent state cannot be rolled back"
+            )
+        return super()._prefill(input_ids, generation_config, model_kwargs, is_first_iteration)
 
     def prepare_inputs_for_generation(
         self,
@@ -565,11 +601,6 @@ class RecurrentGenerationMixin(GenerationMixin):
         else:
             ids = input_ids[:, -next_sequence_length:] if next_sequence_length else input_ids
             model_inputs = {"input_ids": ids.contiguous()}
-        batch_size = (model_inputs["input_ids"] if inputs_embeds is None or not is_first_iteration else
-                      model_inputs["inputs_embeds"]).shape[0]
-        if cache is not None and cache.batch_size != batch_size and batch_size % cache.batch_size == 0:
-            # A cache passed to generate() holds one state per prompt: expand it for beams / return sequences.
-            cache.batch_repeat_interleave(batch_size // cache.batch_size)
         model_inputs.update(cache=cache, attention_mask=attention_mask)
         ignored = ("labels", "position_ids", "token_type_ids", "cache_position")
         model_inputs.update({k: v for k, v in kwargs.items() if k not in ignored and k not in model_inputs})
@@ -644,26 +675,29 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
         return self._lm_output(outputs, self._head(keep_positions(outputs.last_hidden_state, logits_to_keep)), labels,
                               **kwargs)
 
-    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """transformers' save_pretrained, plus a generated model card (README.md) when the folder has none."""
-        super().save_pretrained(save_directory, *args, **kwargs)
+    def save_pretrained(self, save_directory, is_main_process: bool = True, state_dict: dict | None = None,
+                        **kwargs) -> None:
+        """transformers' save_pretrained, plus a generated model card (README.md) when the folder has none. Tied
+        embeddings are saved twice: vanilla transformers' xLSTM never ties, and would leave its head random."""
+        if state_dict is None and self.lm_head.weight is self.get_input_embeddings().weight:
+            # A copy, not the shared tensor, which save_pretrained would drop as an alias; ours re-ties on loading.
+            state_dict = {**self.state_dict(), "lm_head.weight": self.lm_head.weight.detach().clone()}
+        super().save_pretrained(save_directory, is_main_process, state_dict, **kwargs)
         card = os.path.join(save_directory, "README.md")
-        if kwargs.get("is_main_process", True) and not os.path.exists(card):
+        if is_main_process and not os.path.exists(card):
             from .hub import model_card  # the hub module builds on this one
 
             with open(card, "w", encoding="utf-8") as handle:
                 handle.write(model_card(self))
 
-    def push_to_hub(self, repo_id: str, tokenizer=None, base_model: str | None = None, private: bool = False,
-                    token: str | None = None, commit_message: str = "Upload xLSTM", max_shard_size: str = "5GB",
-                    api=None, **kwargs):
+    def push_to_hub(self, repo_id: str, tokenizer=None, base_model: str | None = None, **kwargs):
         """Upload a complete repository in one commit: sharded safetensors, config, generation config, the
-        tokenizer when given, and a generated model card (see `xlstm_hf.hub`). Needs the network."""
+        tokenizer when given, and a generated model card. Takes transformers' keywords (commit_message,
+        commit_description, private, token, revision, create_pr, max_shard_size, tags); see `xlstm_hf.hub`. Needs
+        the network."""
         from .hub import push_to_hub  # the hub module builds on this one
 
-        if kwargs:
-            raise TypeError(f"push_to_hub got unsupported arguments: {sorted(kwargs)}")
-        return push_to_hub(self, repo_id, tokenizer, base_model, private, token, commit_message, max_shard_size, api)
+        return push_to_hub(self, repo_id, tokenizer, base_model, **kwargs)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         return soft_cap(self.lm_head(x.to(self.lm_head.weight.dtype)).float(), self.config.output_logit_soft_cap)

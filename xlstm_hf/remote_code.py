@@ -5,6 +5,7 @@ not installed. transformers' dynamic loader resolves only sibling modules, so th
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -49,24 +50,34 @@ def flatten(source: str) -> str:
 
 
 def export_remote_code(folder: str | Path, model=None) -> Path:
-    """Write the code (and, when given, the model's weights and config) into `folder`, atomically; config.json
-    gains `auto_map`. Without a model, an existing config.json in `folder` is kept and given `auto_map`."""
+    """Write the code into `folder` and `auto_map` into its config.json. With a model, the model is saved there
+    too, the folder written atomically (`save_atomically`). Without one, the folder's other files (weights,
+    tokenizer, `.git`, ...) stay as they are, and each file written replaces its old version atomically."""
     folder = Path(folder)
-    existing = folder / "config.json"
 
     def write(path: Path) -> None:
         if model is not None:
             model.save_pretrained(path)
-        elif existing.is_file():
-            for item in folder.iterdir():
-                if item.is_file():
-                    (path / item.name).write_bytes(item.read_bytes())
         for source, name in FILES.items():
-            (path / name).write_text(flatten((PACKAGE / source).read_text(encoding="utf-8")), encoding="utf-8")
+            write_atomically(path / name, flatten((PACKAGE / source).read_text(encoding="utf-8")))
         config_file = path / "config.json"
         if config_file.is_file():
             config = json.loads(config_file.read_text())
             config["auto_map"] = AUTO_MAP
-            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            write_atomically(config_file, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
-    return save_atomically(folder, write)
+    if model is not None:
+        return save_atomically(folder, write)
+    folder.mkdir(parents=True, exist_ok=True)
+    write(folder)
+    return folder
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """`text` into `path` through a temporary sibling and a rename: a reader sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -4,6 +4,9 @@ padding whose padded positions are masked exactly (attention mask and labels -10
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -73,26 +76,38 @@ def right_padded_batch(examples: list[dict], pad_token_id: int) -> dict:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def save_atomically(output_dir: str | Path, *savables) -> Path:
-    """Save every object (`save_pretrained`, or a function of the folder) into a temporary sibling folder, then rename it to `output_dir` (replacing an
-    old one only once the new one is complete), so that a failure never leaves a half-written folder."""
-    import shutil
-    import tempfile
+# Weight files of a transformers save (single, sharded, index), which a new save replaces rather than adds to.
+WEIGHT_FILE = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?")
 
+
+def save_atomically(output_dir: str | Path, *savables) -> Path:
+    """Save every object (`save_pretrained`, or a function of the folder) into a temporary sibling folder, then
+    rename it to `output_dir`, so that a failure never leaves a half-written folder. An existing `output_dir` is
+    updated as `save_pretrained` would update it: the new files replace the old, the old folder's other entries
+    (tokenizer, README, `.git`, ...) are kept, except the weight files of an earlier save."""
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"{output_dir} is a file, not a folder to save into")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.tmp-"))
+    tmp = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()  # not tempfile.mkdtemp: that folder would stay private (0700) once renamed into place
+    old, kept = tmp.with_name(tmp.name.replace(".tmp-", ".old-")), []
     try:
         for obj in savables:  # objects with save_pretrained, or functions of the folder
             obj.save_pretrained(tmp) if hasattr(obj, "save_pretrained") else obj(tmp)
-        old = None
         if output_dir.exists():
-            old = output_dir.with_name(f".{output_dir.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+            for entry in list(output_dir.iterdir()):
+                if not (tmp / entry.name).exists() and not WEIGHT_FILE.fullmatch(entry.name):
+                    entry.rename(tmp / entry.name)
+                    kept.append(entry.name)
             output_dir.rename(old)
         tmp.rename(output_dir)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
+    except BaseException:  # the old folder back as it was
+        if old.exists():
+            old.rename(output_dir)
+        for name in kept:
+            (tmp / name).rename(output_dir / name)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(old, ignore_errors=True)
     return output_dir

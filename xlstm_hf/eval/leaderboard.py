@@ -127,13 +127,23 @@ def main(argv=None) -> None:
     add_run_arguments(parser, batch_size="auto")
     args = parser.parse_args(argv)
     if args.from_results:
-        results = json.loads(Path(args.from_results).read_text())
-        results = results.get("results", results)
+        try:
+            results = json.loads(Path(args.from_results).read_text())
+        except (OSError, ValueError) as error:
+            parser.error(f"--from-results {args.from_results}: {error}")
+        results = results.get("results", results) if isinstance(results, dict) else {}
     else:
         results = run(args.model, args.batch_size, args.dtype, args.device, args.kernels, args.limit)
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(args.output_dir) / "lm_eval_results.json").write_text(json.dumps(results, indent=1, default=str))
-    md, _ = write_report(leaderboard_scores(results), args.output_dir)
+    source = f"--from-results {args.from_results}" if args.from_results else f"the results of --model {args.model}"
+    try:
+        scores = leaderboard_scores(results)
+    except (KeyError, TypeError, ValueError) as error:  # e.g. a task without the metric its score needs
+        parser.error(f"{source}: {error}")
+    if not scores["benchmarks"]:  # a report would show nothing but an average of nan
+        parser.error(f"{source}: no leaderboard task there (tasks: {sorted(results) or 'none'})")
+    md, _ = write_report(scores, args.output_dir)
     print(md.read_text())
 
 

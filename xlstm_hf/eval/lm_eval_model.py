@@ -7,6 +7,7 @@ and lm-eval otherwise falls back to 2048 tokens and truncates longer prompts sil
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -16,6 +17,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 import xlstm_hf
+
+from ..arguments import positive_int
 
 # The context lm-eval may fill: memory does not grow with it, so any prompt of a benchmark fits.
 RECURRENT_MAX_LENGTH = 1 << 20
@@ -29,8 +32,11 @@ class XLSTMLM(HFLM):
     def __init__(self, pretrained: str, kernels: str | None = None, max_length: int | None = None, **kwargs):
         if kernels is not None:
             xlstm_hf.set_kernel_backend(kernels)
-        super().__init__(pretrained=pretrained, backend="causal", max_length=max_length or RECURRENT_MAX_LENGTH,
-                         **kwargs)
+        try:
+            super().__init__(pretrained=pretrained, backend="causal", max_length=max_length or RECURRENT_MAX_LENGTH,
+                             **kwargs)
+        except OSError as error:  # transformers' message may not name the model (e.g. "couldn't connect")
+            raise OSError(f"pretrained={pretrained}: {error}") from error
         if not isinstance(self.model, xlstm_hf.XLSTMForCausalLM):
             raise TypeError(f"{pretrained} loaded as {type(self.model).__name__}, not an xLSTM checkpoint")
 
@@ -46,13 +52,13 @@ def run_lm_eval_cli(argv: list[str]) -> None:
     cli_evaluate()
 
 
-def add_run_arguments(parser, batch_size: str) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser, batch_size: str) -> None:
     """The options every runner passes on to lm-eval (`--batch-size` defaults differ per benchmark)."""
     parser.add_argument("--batch-size", default=batch_size, help=f"lm-eval batch size (default: {batch_size})")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--kernels", default="auto", choices=["auto", "torch", "triton"])
-    parser.add_argument("--limit", type=int, help="documents per task (a smoke test, not a score)")
+    parser.add_argument("--limit", type=positive_int, help="documents per task (a smoke test, not a score)")
 
 
 def evaluate(model: str, tasks: list[str], dtype: str = "bfloat16", kernels: str = "auto", **kwargs) -> dict:

@@ -19,6 +19,8 @@ import math
 import re
 from pathlib import Path
 
+from ..arguments import positive_int
+
 LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072)
 PAPER_AVERAGE = {4096: 54.4, 8192: 42.9, 16384: 30.4, 32768: 18.5, 65536: 12.6, 131072: 11.4}  # xLSTM 7B, %
 OFFLINE_TASKS = ("niah_single_1", "niah_multikey_2", "niah_multikey_3", "ruler_vt", "ruler_cwe", "ruler_fwe")
@@ -86,18 +88,20 @@ def ruler_report(results: dict, lengths=LENGTHS, skipped: dict | None = None) ->
             per_task[task] = scores
     average = {n: sum(s[n] for s in per_task.values() if n in s) / sum(n in s for s in per_task.values())
                for n in lengths if any(n in s for s in per_task.values())}
-    return dict(tasks=per_task, average=average, paper_average={n: PAPER_AVERAGE[n] for n in average},
+    paper_average = {n: PAPER_AVERAGE[n] for n in average if n in PAPER_AVERAGE}  # the paper ran six lengths
+    return dict(tasks=per_task, average=average, paper_average=paper_average,
                 skipped=skipped or {}, complete=not skipped)
 
 
 def markdown(report: dict) -> str:
     lengths = list(report["average"])
-    head = "| task | " + " | ".join(f"{n // 1024}K" for n in lengths) + " |"
+    head = "| task | " + " | ".join(f"{n // 1024}K" if n % 1024 == 0 else str(n) for n in lengths) + " |"
     lines = [head, "|---|" + "---|" * len(lengths)]
     for task, scores in sorted(report["tasks"].items()):
         lines.append(f"| {task} | " + " | ".join(f"{scores[n]:.1f}" if n in scores else "" for n in lengths) + " |")
     lines.append("| **average** | " + " | ".join(f"**{report['average'][n]:.1f}**" for n in lengths) + " |")
-    lines.append("| paper (xLSTM 7B) | " + " | ".join(f"{report['paper_average'][n]:.1f}" for n in lengths) + " |")
+    paper = report["paper_average"]
+    lines.append("| paper (xLSTM 7B) | " + " | ".join(f"{paper[n]:.1f}" if n in paper else "-" for n in lengths) + " |")
     if report["skipped"]:
         lines.append("\nSkipped (the average covers only the tasks above, so it is not the paper's 13-task mean):")
         lines += [f"- {task}: {why}" for task, why in report["skipped"].items()]
@@ -126,7 +130,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (its tokenizer sizes prompts)")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
+    parser.add_argument("--lengths", type=positive_int, nargs="+", default=list(LENGTHS),
+                        help="prompt lengths in tokens (default: the paper's, 4K to 128K)")
     parser.add_argument("--essays", help="local Paul Graham essays (text, or .jsonl with a 'text' field)")
     parser.add_argument("--squad", help="local SQuAD v2 dev JSON")
     parser.add_argument("--hotpot", help="local HotpotQA dev (distractor) JSON")
