@@ -8,7 +8,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 
 import torch
@@ -49,11 +48,11 @@ def write(path: str | None, info: dict, args, rows: list[dict]) -> None:
     """Write {info, args, rows} to `path` (nothing when None), via a temporary file and a rename."""
     if not path:
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as handle:
-        json.dump(json_safe(dict(info=info, args=vars(args), rows=rows)), handle, indent=1, allow_nan=False)
-    os.replace(handle.name, path)
+    from xlstm_hf.training import write_atomically
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomically(path, json.dumps(json_safe(dict(info=info, args=vars(args), rows=rows)), indent=1,
+                                      allow_nan=False))
 
 
 def json_safe(value):

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from xlstm_hf.stdlib_corpus import LOSS_PLOT, model_card, read_training_log
+from xlstm_hf.training import write_atomically
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,9 +63,7 @@ def main(argv=None) -> None:
 
         model = AutoModelForCausalLM.from_pretrained(args.folder, dtype="auto")
         card = args.folder / "README.md"
-        tmp = card.with_name(f".{card.name}.tmp")
-        tmp.write_text(model_card(model, log, plot=LOSS_PLOT), encoding="utf-8")
-        os.replace(tmp, card)
+        write_atomically(card, model_card(model, log, plot=LOSS_PLOT))
         print(f"wrote {card}")
 
 

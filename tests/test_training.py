@@ -14,7 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 from helpers import make_tokenizer, run_script, script_help, tiny_model
-from xlstm_hf.training import PackedBlocks, SFTExamples, read_texts, right_padded_batch, save_atomically
+from xlstm_hf.training import (PackedBlocks, SFTExamples, read_texts, right_padded_batch, save_atomically,
+                               write_atomically)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the way of the word is what they said to him and you can see it".split()
@@ -107,6 +108,14 @@ def test_save_atomically_updates_a_folder_as_save_pretrained_does(tmp_path):
     with pytest.raises(FileExistsError, match="not a folder"):
         save_atomically(tmp_path / "file", model)
     assert (tmp_path / "file").read_text() == "mine" and len(list(tmp_path.iterdir())) == 2
+
+
+def test_write_atomically_replaces_a_file_whole_or_not_at_all(tmp_path):
+    path = write_atomically(tmp_path / "card.md", "old")
+    write_atomically(path, "new")
+    with pytest.raises(UnicodeEncodeError):
+        write_atomically(path, "half \ud800")  # fails while writing: the old file stays
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["card.md"]
 
 
 def run_example(script, *args):

@@ -5,11 +5,10 @@ not installed. transformers' dynamic loader resolves only sibling modules, so th
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
-from .training import save_atomically
+from .training import save_atomically, write_atomically
 
 PACKAGE = Path(__file__).resolve().parent
 # source file (in the package) -> flat name (in the bundle)
@@ -72,12 +71,3 @@ def export_remote_code(folder: str | Path, model=None) -> Path:
     write(folder)
     return folder
 
-
-def write_atomically(path: Path, text: str) -> None:
-    """`text` into `path` through a temporary sibling and a rename: a reader sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

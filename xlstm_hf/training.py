@@ -76,6 +76,19 @@ def right_padded_batch(examples: list[dict], pad_token_id: int) -> dict:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def write_atomically(path: str | Path, text: str) -> Path:
+    """`text` into `path` through a temporary sibling and a rename: a reader sees the old file or the new one, never
+    half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 # Weight files of a transformers save (single, sharded, index), which a new save replaces rather than adds to.
 WEIGHT_FILE = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from lm_eval.models.huggingface import HFLM
 import xlstm_hf
 
 from ..arguments import positive_int
+from ..training import write_atomically
 
 # The context lm-eval may fill: memory does not grow with it, so any prompt of a benchmark fits.
 RECURRENT_MAX_LENGTH = 1 << 20
@@ -76,7 +76,5 @@ def write_report(folder: str | Path, stem: str, title: str, markdown: str, data:
     folder.mkdir(parents=True, exist_ok=True)
     paths = folder / f"{stem}.md", folder / f"{stem}.json"
     for path, text in zip(paths, (f"# {title}\n\n{markdown}", json.dumps(data, indent=1, default=str) + "\n")):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomically(path, text)
     return paths
