@@ -16,10 +16,11 @@ from functools import partial
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 import xlstm_hf
-from xlstm_hf.arguments import at_least, positive_float, read_data
+from xlstm_hf.arguments import (at_least, load_pretrained, load_tokenizer, positive_float, read_data,
+                                reports_usage_errors)
 from xlstm_hf.training import SFTExamples, right_padded_batch, save_atomically
 
 
@@ -59,12 +60,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+@reports_usage_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    tokenizer = load_tokenizer(args)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    model = load_pretrained(AutoModelForCausalLM, "--model", args.model, dtype=torch.float32)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()

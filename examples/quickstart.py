@@ -14,22 +14,23 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import xlstm_hf
-from xlstm_hf.arguments import positive_int
+from xlstm_hf.arguments import load_pretrained, positive_int, reports_usage_errors
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder or Hub id (default: the model shipped with xlstm_hf)")
     parser.add_argument("--prompt", default="def fibonacci(n):", help='text to continue (default: "def fibonacci(n):")')
     parser.add_argument("--new-tokens", type=positive_int, default=32, help="tokens to continue greedily (default: 32)")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args()
-    path = args.model or xlstm_hf.default_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+@reports_usage_errors
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    path = args.model or str(xlstm_hf.default_model_path())
+    tokenizer = load_pretrained(AutoTokenizer, "--model", path)
+    model = load_pretrained(AutoModelForCausalLM, "--model", path, dtype=torch.float32).eval()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"xlstm_hf {xlstm_hf.__version__}: {type(model).__name__} with {n_params / 1e6:.1f}M parameters, "
           f"{model.kernel_backend} kernels")

@@ -29,12 +29,13 @@ import time
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
 from xlstm_hf import XLSTMConfig, XLSTMForCausalLM, default_model_path
 from xlstm_hf.stdlib_corpus import (SPECIAL_TOKENS, TRAINING_LOG, corpus_summary, model_card, stdlib_files,
                                      train_tokenizer)
-from xlstm_hf.arguments import at_least, non_negative_float, positive_float, read_data
+from xlstm_hf.arguments import (UsageError, at_least, load_pretrained, load_tokenizer, non_negative_float,
+                                positive_float, read_data, reports_usage_errors)
 from xlstm_hf.training import PackedBlocks, save_atomically
 
 PRESETS = {  # the 7B's block design at smaller widths
@@ -108,17 +109,25 @@ def load_texts(args) -> tuple[list[str], list[str] | None, dict | None]:
     return args.texts, args.eval_texts, None
 
 
-def load_tokenizer(args, texts: list[str]):
+def build_tokenizer(args, texts: list[str]):
     """The tokenizer given (or the model's); from scratch on a corpus, a byte-level BPE trained on `texts`."""
     if args.tokenizer or args.model:
-        return AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+        return load_tokenizer(args)
     print(f"training a byte-level BPE tokenizer ({args.vocab_size} tokens) on the training files")
     return train_tokenizer(texts, args.vocab_size)
 
 
+def packed_blocks(what: str, texts: list[str], tokenizer, block_size: int) -> PackedBlocks:
+    """`PackedBlocks`, with too little data for one block as a usage error."""
+    try:
+        return PackedBlocks(texts, tokenizer, block_size)
+    except ValueError as error:
+        raise UsageError(f"--block-size {block_size}: {what} has {error}") from None
+
+
 def build_model(args, tokenizer) -> XLSTMForCausalLM:
     if args.model:
-        return AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+        return load_pretrained(AutoModelForCausalLM, "--model", args.model, dtype=torch.float32)
     overrides = PRESETS[args.preset] if args.preset else XLSTMConfig.from_json_file(args.config).to_dict()
     vocab = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                  pad_token_id=tokenizer.pad_token_id)
@@ -147,6 +156,7 @@ def round_weights_(model: torch.nn.Module, dtype: torch.dtype) -> None:
             p.copy_(p.to(dtype))
 
 
+@reports_usage_errors
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -154,14 +164,14 @@ def main(argv=None) -> None:
            "versions": f"Python {platform.python_version()}, torch {torch.__version__}, "
                        f"transformers {transformers.__version__}"}
     texts, eval_texts, log["corpus"] = load_texts(args)
-    tokenizer = load_tokenizer(args, texts)
+    tokenizer = build_tokenizer(args, texts)
+    train = packed_blocks("the training data", texts, tokenizer, args.block_size)  # before the model: data errors first
+    evaluation = packed_blocks("the held-out data", eval_texts, tokenizer, args.block_size) if eval_texts else None
     model = build_model(args, tokenizer)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     log.update(parameters=sum(p.numel() for p in model.parameters()), vocab_size=model.config.vocab_size)
     print(f"{log['parameters']:,} parameters, mLSTM kernels: {model.kernel_backend}")
-    train = PackedBlocks(texts, tokenizer, args.block_size)
-    evaluation = PackedBlocks(eval_texts, tokenizer, args.block_size) if eval_texts else None
     log["train_tokens"] = train.blocks.numel()
     log["held_out_tokens"] = evaluation.blocks.numel() if evaluation is not None else 0
     # The Trainer works in a temporary folder: OUTPUT_DIR appears only through save_atomically, complete.

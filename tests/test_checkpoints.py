@@ -15,6 +15,7 @@ from transformers.initialization import no_init_weights
 from helpers import TINY, random_ids, tiny_model
 from test_configuration import NXAI_7B_CONFIG
 from xlstm_hf import XLSTMForCausalLM, default_model_path
+from xlstm_hf.hub import vanilla_limits
 
 
 def logits(model, ids):
@@ -60,13 +61,14 @@ VANILLA_LOAD = textwrap.dedent("""
 """)
 
 
-def vanilla_logits(tmp_path, folder, ids: torch.Tensor) -> torch.Tensor:
-    """The logits of the checkpoint in `folder` as vanilla transformers computes them, in a process without xlstm_hf."""
+def vanilla_logits(tmp_path, folder, ids: torch.Tensor, check: bool = True) -> torch.Tensor | None:
+    """The logits of the checkpoint in `folder` as vanilla transformers computes them, in a process without xlstm_hf
+    (None if that process fails and not `check`)."""
     torch.save(ids, tmp_path / "ids.pt")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([sys.executable, "-c", VANILLA_LOAD, str(folder), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
-                   check=True, cwd=tmp_path, env=env)
-    return torch.load(tmp_path / "out.pt")
+    run = subprocess.run([sys.executable, "-c", VANILLA_LOAD, str(folder), str(tmp_path / "ids.pt"),
+                          str(tmp_path / "out.pt")], check=check, cwd=tmp_path, env=env, capture_output=not check)
+    return torch.load(tmp_path / "out.pt") if run.returncode == 0 else None
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -86,11 +88,32 @@ def test_the_default_model_loads_in_vanilla_transformers(tmp_path):
     assert (vanilla_logits(tmp_path, default_model_path(), ids) - ours).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("weight_mode", ["single", "fused"])
-def test_vanilla_transformers_checkpoint_loads_in_ours(tmp_path, weight_mode):
+@pytest.mark.parametrize("overrides", [{"tie_word_embeddings": True}, {"use_bias": True}, {"add_out_norm": False},
+                                       {"hidden_size": 96, "num_heads": 4}])
+def test_the_model_card_is_right_about_vanilla_transformers(tmp_path, overrides):
+    """`hub.vanilla_limits`, which the model card states, against vanilla transformers running the checkpoint (its
+    card said use_bias=True checkpoints run there, where the final norm's bias is dropped)."""
+    model = tiny_model(chunk_size=64, **overrides)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)  # biases start at zero, where dropping one changes nothing
+    model.save_pretrained(tmp_path / "ckpt")
+    ids = random_ids(2, 20)
+    theirs = vanilla_logits(tmp_path, tmp_path / "ckpt", ids, check=False)
+    runs_there = theirs is not None and (theirs - logits(model, ids)).abs().max() < 1e-4
+    assert runs_there == (vanilla_limits(model.config) == []), vanilla_limits(model.config)
+
+
+@pytest.mark.parametrize("weight_mode, overrides", [
+    ("single", {}), ("fused", {}),
+    # transformers' documented alias: it builds 1 block and saves num_hidden_layers=2 beside num_blocks=1 (refused)
+    ("single", {"num_blocks": 1}),
+])
+def test_vanilla_transformers_checkpoint_loads_in_ours(tmp_path, weight_mode, overrides):
     torch.manual_seed(0)
     with no_init_weights():
-        theirs = xLSTMForCausalLM(xLSTMConfig(**TINY, weight_mode=weight_mode)).eval()
+        theirs = xLSTMForCausalLM(xLSTMConfig(**{**TINY, **overrides}, weight_mode=weight_mode)).eval()
     with torch.no_grad():
         for p in theirs.parameters():
             p.normal_(0, 0.1)

@@ -68,7 +68,7 @@ def test_reads_the_original_nxai_config():
     assert c.add_out_norm is True and c.eps == 1e-6
     assert (c.bos_token_id, c.eos_token_id, c.pad_token_id) == (0, 2, 1)
     assert c.chunkwise_kernel == "chunkwise--native_autograd"  # the Triton name is a run-time preference only
-    assert c.forward_backend_name == "chunkwise--triton_limit_chunk"
+    assert c.kernel_preference == "chunkwise--triton_limit_chunk" and "forward_backend_name" not in c.to_dict()
 
 
 def test_legacy_renames_take_effect():
@@ -112,6 +112,9 @@ def test_reads_xlstm_large_config_names():
     (dict(inference_state_dtype="float8"), "inference_state_dtype"),
     (dict(hidden_size=64, embedding_dim=128), "embedding_dim"),
     (dict(hidden_size=64, num_heads=2, head_dim=16), "head_dim"),
+    (dict(tie_word_embeddings="no"), "tie_word_embeddings"),  # tied the embeddings: the string is truthy
+    (dict(use_bias=1), "use_bias"),
+    (dict(hidden_size=64, num_heads=2, ffn_proj_factor=0.01), "ffn_proj_factor"),  # an FFN of width 0
 ])
 def test_invalid_values_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):

@@ -20,9 +20,14 @@ def test_token_ids_outside_the_vocabulary():
         model(ids)
 
 
-def test_empty_sequence():
+def test_empty_sequence_or_batch():
+    model = tiny_model()
     with pytest.raises(ValueError, match="non-empty"):
-        tiny_model()(torch.zeros(2, 0, dtype=torch.long))
+        model(torch.zeros(2, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match="input_ids must be a non-empty"):  # torch's aminmax error before
+        model(torch.zeros(0, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="inputs_embeds must be a non-empty"):
+        model(inputs_embeds=torch.zeros(0, 4, model.config.hidden_size))
 
 
 def test_both_or_neither_of_ids_and_embeds():

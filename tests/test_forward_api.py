@@ -128,3 +128,32 @@ def test_meta_device_and_device_map(tmp_path):
     ids = random_ids(2, 9)
     difference = (mapped(ids.to(mapped.device)).logits.cpu() - model(ids).logits).abs().max()
     assert difference <= (1e-4 if gpu else 0)
+
+
+@pytest.mark.parametrize("family", ["xlstm", "stack"])
+def test_blocks_offloaded_to_cpu_and_disk_keep_their_state(tmp_path, family):
+    """accelerate keeps an offloaded block's weights on the meta device between forwards: its state must live where
+    the block computes (the meta device lost it, so continuing and generate() failed), and on a GPU the fused kernels
+    and the decode graph must leave such blocks to their modules. Block 1 on the CPU (offloaded where a GPU computes),
+    block 2 on disk."""
+    main = 0 if torch.cuda.is_available() else "cpu"
+    if family == "xlstm":
+        model, blocks, ids = tiny_model(num_hidden_layers=3), "backbone.blocks", random_ids(2, 9)
+        rest = ["backbone.embeddings", "backbone.out_norm", "lm_head"]
+    else:
+        from test_xlstm_stack import VOCAB, tiny_stack
+
+        model, blocks, ids = tiny_stack(3, [1]), "xlstm_block_stack.blocks", random_ids(2, 9, vocab=VOCAB)
+        rest = ["token_embedding", "emb_dropout", "xlstm_block_stack.post_blocks_norm", "lm_head"]
+    model.save_pretrained(tmp_path / "model")
+    device_map = {**dict.fromkeys([*rest, f"{blocks}.0"], main), f"{blocks}.1": "cpu", f"{blocks}.2": "disk"}
+    offloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model", device_map=device_map,
+                                                     offload_folder=tmp_path / "offload")
+    assert any(p.device.type == "meta" for p in offloaded.parameters())
+    model, ids = model.to(offloaded.device), ids.to(offloaded.device)
+    with torch.no_grad():
+        out = offloaded(ids[:, :6], use_cache=True)
+        step = offloaded(ids[:, 6:], cache=out.cache)
+        assert torch.allclose(torch.cat([out.logits, step.logits], 1), model(ids).logits, atol=1e-4)
+        greedy = dict(attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
+        assert torch.equal(offloaded.generate(ids, **greedy), model.generate(ids, **greedy))

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer, TextStreamer, pipeline
 from transformers.cache_utils import Cache
+from transformers.masking_utils import create_causal_mask
 
 from helpers import (
     ASSISTED_DECODING_REFUSAL,
@@ -48,6 +49,27 @@ def test_cache_is_updated_in_place_and_resets():
     assert cache.get_seq_length() == 0 and all(t.abs().sum() == 0 for layer in cache.layers for t in layer.state)
 
 
+def test_cache_answers_transformers_state_and_mask_queries():
+    """`has_previous_state` and `get_mask_sizes` as transformers asks them: the base class's versions assume layers
+    of another kind and raised errors that contradicted each other. A mask built over the cache must be the last rows
+    of the mask over the whole sequence."""
+    model = tiny_model()
+    cache = XLSTMCache(model.config, 2)
+    assert not cache.has_previous_state()
+    model(random_ids(2, 9), cache=cache)
+    assert cache.has_previous_state() and cache.has_previous_state(layer_idx=1)
+    with pytest.raises(IndexError, match="layer_idx"):
+        cache.has_previous_state(layer_idx=len(cache.layers))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[0, :2] = 0
+
+    def causal_mask(length, cache):
+        return create_causal_mask(config=model.config, inputs_embeds=torch.zeros(2, length, 8), attention_mask=mask,
+                                  cache=cache, position_ids=torch.arange(12 - length, 12).expand(2, -1))
+
+    assert torch.equal(causal_mask(3, cache), causal_mask(12, None)[:, :, -3:])
+
+
 def test_cache_layers_start_zeroed_on_their_devices_and_share_no_state():
     config = tiny_config(num_hidden_layers=5)
     devices = ["cpu", "meta", "cpu", "cpu", "meta"]  # a model split per layer: each device's layers in its own buffers
@@ -86,6 +108,7 @@ def test_cache_batch_operations():
     assert cache.batch_size == 4 and torch.equal(cache.layers[1].C[3], before[0][0])
     cache.to(dtype=torch.float64)
     assert cache.layers[0].C.dtype == torch.float64
+    assert cache.to(torch.bfloat16).layers[1].n.dtype == torch.bfloat16  # positional, as Tensor.to takes it
     with pytest.raises(NotImplementedError, match="cannot be cropped"):
         cache.crop(1)
 

@@ -29,9 +29,12 @@ def test_legacy_names_map_onto_ours(name, expected):
     assert normalize_backend(name) == expected
 
 
-def test_unknown_name_is_refused_by_name():
+def test_unknown_name_is_refused_by_name(monkeypatch):
     with pytest.raises(ValueError, match="flash_v9"):
         normalize_backend("flash_v9")
+    monkeypatch.setenv(backend.ENV_VAR, "flash_v9")
+    with pytest.raises(ValueError, match=f"^environment variable {backend.ENV_VAR}: .*flash_v9"):
+        tiny_model()(random_ids(1, 3))
 
 
 def test_precedence_python_over_environment_over_config(monkeypatch):
@@ -64,6 +67,24 @@ def test_the_choice_is_inspectable_and_never_saved(tmp_path):
     large.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["chunkwise_kernel"] == "chunkwise--native_autograd" and "_requested_kernel" not in saved
+    config.save_pretrained(tmp_path)  # NX-AI's forward_backend_name / step_backend_name were saved back
+    assert not {"forward_backend_name", "step_backend_name"} & json.loads((tmp_path / "config.json").read_text()).keys()
+
+
+@pytest.mark.parametrize("field, name, message", [
+    ("chunkwise_kernel", "chunkwise--triton_xl_chunk_siging", "sigmoid input gate"),  # another cell: ran ours
+    ("forward_backend_name", "parallel--native_siging_autograd", "sigmoid input gate"),
+    ("step_kernel", "tritn", "unknown mLSTM kernel backend"),  # every forward raised, naming no field
+])
+def test_a_kernel_name_no_backend_answers_to_is_refused_naming_its_field(field, name, message):
+    with pytest.raises(ValueError, match=f"^{field}: .*{message}"):
+        XLSTMConfig(hidden_size=64, num_heads=2, **{field: name})
+
+
+def test_every_native_kernel_name_of_the_xlstm_package_runs_the_reference():
+    for name in ("parallel--native_stablef_custbw", "parallel--native_stablef_autograd", "chunkwise--native_custbw"):
+        assert normalize_backend(XLSTMConfig(hidden_size=64, num_heads=2, chunkwise_kernel=name).kernel_preference) \
+            == "torch"
     assert tiny_model().kernel_backend == "torch"  # on the CPU
 
 

@@ -87,6 +87,34 @@ def test_generate_from_a_peft_model_equals_the_merged_model():
                                                min_new_tokens=6, do_sample=False))
 
 
+def test_adapter_switches_reach_generate():
+    """`disable_adapter`, `merge_adapter` and `set_adapter` are Python state and in-place weight updates: on CUDA a
+    decode graph captured before the switch kept computing the old adapters (logits off by 3-4, other tokens). Each
+    is checked against generate() without a cache, which runs the whole sequence through the forward at every step."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = get_peft_model(tiny_model().to(device), LoraConfig(r=4, target_modules=["q", "v", "out_proj", "proj_down"],
+                                                               init_lora_weights=False)).eval()
+    ids = random_ids(2, 8).to(device)
+
+    def check() -> None:
+        greedy = dict(attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                      output_logits=True, return_dict_in_generate=True)
+        with torch.no_grad():
+            cached, uncached = model.generate(ids, **greedy), model.generate(ids, use_cache=False, **greedy)
+        assert torch.equal(cached.sequences, uncached.sequences)
+        assert (torch.stack(cached.logits) - torch.stack(uncached.logits)).abs().max() < 1e-4
+
+    check()  # the adapter on (on CUDA the step that was captured)
+    with model.disable_adapter():
+        check()
+    model.merge_adapter()
+    check()
+    model.unmerge_adapter()
+    model.add_adapter("two", LoraConfig(r=4, target_modules=["q", "v"], init_lora_weights=False))
+    model.set_adapter("two")
+    check()
+
+
 def test_gradient_checkpointing_with_input_require_grads():
     ids = pattern_batch()
     grads = []

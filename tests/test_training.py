@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-from helpers import make_tokenizer, run_script, script_help, tiny_model
+import xlstm_hf
+from helpers import make_tokenizer, random_ids, run_script, script_help, tiny_model
 from xlstm_hf.training import (PackedBlocks, SFTExamples, read_texts, right_padded_batch, save_atomically,
                                write_atomically)
 
@@ -51,6 +53,53 @@ def test_trainer_with_bf16_autocast_and_gradient_checkpointing(tmp_path):
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) >= 5 and losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing_gives_the_plain_gradients(each_backend, use_reentrant):
+    """Reentrant checkpointing runs a block's first pass without autograd, and again for the backward. The gradient
+    through the state between segments (`max_inference_chunksize` < length) was lost, and on Triton that pass took the
+    fused inference kernels and advanced a continued state in place, which the second run then started from."""
+    ids = random_ids(2, 41)
+
+    def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
+        model = tiny_model(max_inference_chunksize=16).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+        full = model(ids[:, :40], labels=ids[:, :40], use_cache=True)
+        with torch.no_grad():
+            cache = model(ids[:, :40], use_cache=True).cache
+        step = model(ids[:, 40:], cache=cache).logits[:, -1]  # one token continuing a state: the step kernel
+        (full.loss + F.cross_entropy(step, ids[:, 0])).backward()
+        return {name: p.grad for name, p in model.named_parameters()}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    for name, grad in plain.items():
+        assert torch.allclose(checkpointed[name], grad, atol=1e-5, rtol=1e-3), name
+
+
+def test_inference_under_autocast():
+    """Weights in float32, GEMMs in half precision: the fused inference kernels got mixed dtypes (a dtype error, on
+    CUDA an illegal memory access), so e.g. the Trainer's bf16 evaluation failed. Under autocast the Triton backend
+    must be as close to float32 as the PyTorch reference is under the same autocast."""
+    device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float16)
+    model, ids = tiny_model().to(device), random_ids(2, 40).to(device)
+    errors = {}
+    try:
+        for backend in ("torch", "triton"):
+            xlstm_hf.set_kernel_backend(backend)
+            with torch.no_grad():
+                reference = model(ids).logits
+                with torch.autocast(device, dtype=dtype):
+                    out = model(ids[:, :39], use_cache=True)
+                    step = model(ids[:, 39:], cache=out.cache)
+                    generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3,
+                                               do_sample=False)
+            errors[backend] = (torch.cat([out.logits, step.logits], 1).float() - reference).abs().max().item()
+            assert generated.shape == (2, 43)
+    finally:
+        xlstm_hf.set_kernel_backend(None)
+    assert errors["triton"] <= 2 * errors["torch"] + 1e-3, errors
 
 
 def test_packed_blocks_and_data_errors(tmp_path):
@@ -204,6 +253,13 @@ def test_interrupted_training_leaves_no_output_folder(local_data, monkeypatch, s
     ("train.py", ["--train-file", "{data}/train.jsonl", "--block-size", "1"], "--block-size"),
     ("train.py", ["--corpus", "stdlib", "--preset", "tiny", "--vocab-size", "100"], "--vocab-size"),
     ("quickstart.py", ["--new-tokens", "-1"], "--new-tokens"),  # printed a nonsense speed
+    # found after parsing: tracebacks before
+    ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--model", "{data}/missing"], "--model {data}/missing"),
+    ("train.py", ["--train-file", "{data}/train.jsonl", "--model", "{data}/missing"], "--model {data}/missing"),
+    ("train.py", ["--train-file", "{data}/train.jsonl", "--preset", "tiny", "--tokenizer", "{data}/missing"],
+     "--tokenizer {data}/missing"),
+    ("train.py", ["--train-file", "{data}/train.jsonl", "--block-size", "100000"], "--block-size 100000"),
+    ("quickstart.py", ["--model", "{data}/missing"], "--model {data}/missing"),
 ])
 def test_examples_name_a_bad_argument(local_data, script, args, named):
     (local_data / "broken.jsonl").write_text('{"text": "the way"}\nnot json\n')

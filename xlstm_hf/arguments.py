@@ -1,12 +1,52 @@
-"""argparse types and data-file reading shared by the command line, the evaluation runners and the examples: a bad
-value becomes argparse's one-line usage error that names the option, never a traceback."""
+"""argparse types, data-file and model reading shared by the command line, the evaluation runners and the examples: a
+bad value becomes argparse's one-line usage error that names the option, never a traceback."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+class UsageError(ValueError):
+    """A bad command-line value found only after parsing (a model that cannot be loaded, too little data): reported
+    as argparse reports its errors, by `reports_usage_errors`."""
+
+
+def reports_usage_errors(main: Callable) -> Callable:
+    """Decorate a script's `main(argv=None)`: a `UsageError` ends it as argparse's errors do, one line and exit 2."""
+
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> Any:
+        try:
+            return main(argv)
+        except UsageError as error:
+            print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return run
+
+
+def load_pretrained(loader: Any, option: str, name: str, **kwargs: Any) -> Any:
+    """`loader.from_pretrained(name, **kwargs)` for an Auto class (model or tokenizer); a `name` that cannot be loaded
+    (neither a folder here nor a Hub id that could be fetched) is a `UsageError` naming `option`."""
+    try:
+        return loader.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{option} {name}: {error}") from None
+
+
+def load_tokenizer(args: argparse.Namespace) -> Any:
+    """The tokenizer of `--tokenizer` if one was given, else of `--model` (a script with both options)."""
+    from transformers import AutoTokenizer
+
+    option, name = ("--tokenizer", args.tokenizer) if args.tokenizer else ("--model", args.model)
+    return load_pretrained(AutoTokenizer, option, name)
 
 
 def at_least(minimum: int) -> Callable[[str], int]:

@@ -119,6 +119,17 @@ class XLSTMCache(Cache):
         """Number of tokens absorbed into the state so far."""
         return self.seen_tokens
 
+    def has_previous_state(self, layer_idx: int | None = None, state_idx: int | None = None) -> bool:
+        """Whether the state holds any token yet (the same for every layer: they absorb tokens together)."""
+        if layer_idx is not None and not 0 <= layer_idx < len(self.layers):
+            raise IndexError(f"layer_idx={layer_idx} is outside the cache's {len(self.layers)} layers")
+        return self.seen_tokens > 0
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        """(kv_length, kv_offset) of a mask over this cache: a 2D attention mask covers the absorbed tokens and the
+        new ones, as generate() passes it (the base class's answer assumes key/value layers, which this cache lacks)."""
+        return self.seen_tokens + query_length, 0
+
     def reset(self) -> None:
         torch._foreach_zero_(self.state_tensors())
         self.seen_tokens = 0
@@ -147,8 +158,11 @@ class XLSTMCache(Cache):
         for layer in self.layers:
             layer._replace(lambda _: next(tensors))
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "XLSTMCache":
-        """Move (or cast) every layer's state; returns the cache."""
+    def to(self, device: torch.device | str | torch.dtype | None = None, dtype: torch.dtype | None = None
+           ) -> "XLSTMCache":
+        """Move (or cast) every layer's state; returns the cache. As with tensors, `cache.to(torch.bfloat16)` casts."""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
         for layer in self.layers:
             layer.to(device=device, dtype=dtype)
         return self

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .arguments import positive_int
+from .arguments import load_pretrained, positive_int
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -88,7 +88,7 @@ def _cuda() -> bool:
 
 
 def _load_model(name: str, **kwargs):
-    """AutoModelForCausalLM.from_pretrained(name), failing with a CommandError that names --model."""
+    """AutoModelForCausalLM.from_pretrained(name), failing with an error that names --model."""
     from transformers import AutoModelForCausalLM
 
     import xlstm_hf  # noqa: F401  (registers our classes)
@@ -96,10 +96,7 @@ def _load_model(name: str, **kwargs):
     path = Path(name)
     if (path.exists() or name.startswith((".", "/"))) and not (path / "config.json").is_file():
         raise CommandError(f"--model {name}: no config.json there")
-    try:
-        return AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as error:  # e.g. neither a folder here nor a Hub model that could be fetched
-        raise CommandError(f"--model {name}: {error}") from None
+    return load_pretrained(AutoModelForCausalLM, "--model", name, **kwargs)
 
 
 def _load(args):
@@ -113,11 +110,7 @@ def _load(args):
     # bf16 matmuls are slow on most CPUs: compute in float32 there unless asked otherwise.
     dtype = getattr(torch, args.dtype) if args.dtype else torch.float32 if args.device == "cpu" else "auto"
     model = _load_model(args.model, dtype=dtype).to(args.device).eval()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-    except (OSError, ValueError) as error:
-        raise CommandError(f"--model {args.model}: no tokenizer there ({error})") from None
-    return model, tokenizer
+    return model, load_pretrained(AutoTokenizer, "--model", args.model)
 
 
 def cmd_generate(args) -> None:

@@ -18,6 +18,8 @@ import math
 from transformers import PretrainedConfig
 from transformers.utils import logging
 
+from .kernels.backend import normalize_backend
+
 logger = logging.get_logger(__name__)
 
 # The only kernel names vanilla transformers accepts when the `xlstm` package is absent.
@@ -32,6 +34,8 @@ WEIGHT_MODES = ("single", "fused")
 
 # Legacy (NX-AI/xLSTM-7b) names that are plain renames of transformers' fields.
 LEGACY_RENAMES = {"add_post_blocks_norm": "add_out_norm", "cell_norm_eps": "eps"}
+# NX-AI/xLSTM-7b's kernel choices: read as a run-time preference, like the kernel fields, and not saved.
+LEGACY_KERNEL_FIELDS = ("forward_backend_name", "step_backend_name")
 
 
 def round_up_to_multiple(x: float, multiple: int) -> int:
@@ -123,8 +127,9 @@ class XLSTMConfig(PretrainedConfig):
                 setattr(self, field, kwargs.pop(legacy))
         head_dim = kwargs.pop("head_dim", None)
         self.hidden_size = self._resolve_alias("hidden_size", "embedding_dim", 4096, kwargs)
-        self.num_hidden_layers = self._resolve_alias("num_hidden_layers", "num_blocks", 32, kwargs)
-        self._normalise_kernel_names()
+        # transformers' xLSTM builds its blocks from num_blocks and keeps num_hidden_layers=32 beside it.
+        self.num_hidden_layers = self._resolve_alias("num_hidden_layers", "num_blocks", 32, kwargs, alias_builds=True)
+        self._normalise_kernel_names({name: value for name in LEGACY_KERNEL_FIELDS if (value := kwargs.pop(name, None))})
         super().__post_init__(**kwargs)
         self._validate()
         if head_dim is not None and head_dim != self.v_head_dim:
@@ -132,30 +137,40 @@ class XLSTMConfig(PretrainedConfig):
                 f"head_dim={head_dim} does not match hidden_size * v_dim_factor / num_heads = {self.v_head_dim}"
             )
 
-    def _resolve_alias(self, name: str, alias: str, default: int, kwargs: dict) -> int:
+    def _resolve_alias(self, name: str, alias: str, default: int, kwargs: dict, alias_builds: bool = False) -> int:
         value, alias_value = getattr(self, name), kwargs.pop(alias, None)
         if value is not None and alias_value is not None and value != alias_value:
-            raise ValueError(f"{name}={value} and its alias {alias}={alias_value} disagree")
+            if not alias_builds:
+                raise ValueError(f"{name}={value} and its alias {alias}={alias_value} disagree")
+            logger.warning(f"{name}={value} and its alias {alias}={alias_value} disagree: taking {alias}={alias_value}, "
+                           "as transformers' xLSTM does")
+            return alias_value
         return next((x for x in (value, alias_value) if x is not None), default)
 
-    def _normalise_kernel_names(self) -> None:
+    def _normalise_kernel_names(self, legacy: dict[str, str]) -> None:
         # Triton/CUDA kernel names from the xlstm package or NX-AI's config would make the saved config.json fail
-        # vanilla transformers' strict validation; they only ever express a run-time preference, kept unsaved.
+        # vanilla transformers' strict validation; they only ever express a run-time preference, kept unsaved. A
+        # name no backend answers to fails here, naming its field, not at the first forward.
+        requests = {}
         for field, allowed in NATIVE_KERNELS.items():
             value = getattr(self, field)
             if value not in allowed:
                 logger.info(f"{field}={value!r} is chosen at run time; saving {allowed[0]!r} for compatibility.")
-                self._requested_kernel = getattr(self, "_requested_kernel", None) or value
+                requests[field] = value
                 setattr(self, field, allowed[0])
+        requests.update(legacy)
+        for field, value in requests.items():
+            try:
+                normalize_backend(value)
+            except ValueError as error:
+                raise ValueError(f"{field}: {error}") from None
+        self._requested_kernel = next(iter(requests.values()), None)
 
     @property
     def kernel_preference(self) -> str | None:
         """The kernel name a loaded config asked for, if any (legacy names included); mapped onto our backends
         at run time by `xlstm_hf.kernels.normalize_backend`."""
-        for name in ("_requested_kernel", "forward_backend_name", "step_backend_name"):
-            if getattr(self, name, None):
-                return getattr(self, name)
-        return None
+        return getattr(self, "_requested_kernel", None)
 
     def _remove_keys_not_serialized(self, d: dict) -> None:
         super()._remove_keys_not_serialized(d)
@@ -179,6 +194,13 @@ class XLSTMConfig(PretrainedConfig):
                               ("inference_state_dtype", DTYPE_NAMES), ("autocast_kernel_dtype", DTYPE_NAMES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("use_bias", "norm_reduction_force_float32", "tie_word_embeddings", "add_out_norm",
+                     "return_last_states", "use_cache"):
+            if not isinstance(getattr(self, name), bool):  # a string such as "no" would be taken as true
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.ffn_dim < 1:
+            raise ValueError(f"ffn_proj_factor={self.ffn_proj_factor} gives an empty FFN width at "
+                             f"hidden_size={self.hidden_size}")
         for name, width in (("qk_dim_factor", self.qk_dim), ("v_dim_factor", self.v_dim)):
             if width < 1:
                 raise ValueError(f"{name}={getattr(self, name)} gives an empty width at hidden_size={self.hidden_size}")

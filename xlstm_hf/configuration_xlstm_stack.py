@@ -194,8 +194,8 @@ class XLSTMStackConfig(PretrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if self.slstm_at is None:
             self.slstm_at = "all" if self.mlstm_block is None else []
         if self.slstm_at == "all":
@@ -218,6 +218,7 @@ class XLSTMStackConfig(PretrainedConfig):
     def _validate_mlstm(self, mlstm: dict) -> None:
         for key in ("num_heads", "qkv_proj_blocksize", "conv1d_kernel_size", "round_proj_up_to_multiple_of"):
             _positive_int(f"mlstm_block.mlstm.{key}", mlstm[key])
+        _positive_number("mlstm_block.mlstm.proj_factor", mlstm["proj_factor"])
         inner = self.mlstm_inner_dim
         if inner < 1:
             raise ValueError(f"mlstm_block.mlstm.proj_factor={mlstm['proj_factor']} gives an empty inner width")
@@ -248,6 +249,7 @@ class XLSTMStackConfig(PretrainedConfig):
                 raise ValueError(f"slstm_block.feedforward.ff_type must be 'ffn_gated', got {feedforward['ff_type']!r}")
             _positive_int("slstm_block.feedforward.round_proj_up_to_multiple_of",
                           feedforward["round_proj_up_to_multiple_of"])
+            _positive_number("slstm_block.feedforward.proj_factor", feedforward["proj_factor"])
             if self.ffn_dim < 1:
                 raise ValueError(
                     f"slstm_block.feedforward.proj_factor={feedforward['proj_factor']} gives an empty width"
@@ -284,6 +286,16 @@ class XLSTMStackConfig(PretrainedConfig):
 def _positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float, not a bool."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _positive_number(name: str, value: Any) -> None:
+    if not _is_number(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 __all__ = ["XLSTMStackConfig"]

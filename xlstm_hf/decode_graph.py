@@ -30,6 +30,11 @@ register_module_module_registration_hook(_count_registration)
 register_module_parameter_registration_hook(_count_registration)
 
 
+def registrations() -> int:
+    """How many modules and parameters were registered anywhere in the process so far."""
+    return _registrations
+
+
 class WeightWatch:
     """Tells whether the weights a graph baked in are still the model's: `moved(parameters)` is True once any of
     them was reallocated (`model.to`, `load_state_dict(assign=True)`) or replaced (a new layer, merged adapters)."""

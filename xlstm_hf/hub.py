@@ -22,6 +22,8 @@ def vanilla_limits(config) -> list[str]:
         limits.append(f"q/k and v widths {config.qk_dim} and {config.v_dim}, not multiples of 64")
     if not config.add_out_norm:
         limits.append("add_out_norm=False (it applies the final norm whatever the flag says)")
+    if config.use_bias:
+        limits.append("use_bias=True (its final norm has no bias: it drops that weight)")
     return limits
 
 

@@ -23,7 +23,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from .cache_xlstm import XLSTMCache
 from .configuration_xlstm import XLSTMConfig
-from .decode_graph import DecodeGraph
+from .decode_graph import DecodeGraph, registrations
 from .deferred_stop import deferred_stop_checks
 from .kernels import MLSTMState, mlstm, pad_gates, resolve_backend
 from .packing import is_plain, packed_or_pack
@@ -227,6 +227,8 @@ class XLSTMBlock(GradientCheckpointingLayer):
         pass through the cell into the state, but skip the output projection and the FFN: the last block of a
         prefill whose earlier outputs nothing reads (generate()'s head sees only the last position)."""
         backend = resolve_backend(x.device, self.mlstm_layer.config.kernel_preference)
+        if state is not None and checkpoint_first_pass(self):
+            state = tuple(t.clone() for t in state)
         fused = self.fused_inference(x, backend)
         if fused and x.shape[1] == 1 and state is not None and (stepped := self.fused_step(x, state, mask)) is not None:
             return stepped[0][:, keep_from:], stepped[1]
@@ -270,10 +272,15 @@ class XLSTMBlock(GradientCheckpointingLayer):
     def fused_inference(self, x: torch.Tensor, backend: str | None = None) -> bool:
         """Whether this step can run its elementwise work on the fused Triton kernels: inference (no autograd) on
         the Triton backend (`backend`, else resolved from the config), in the weights' dtype, without biases (the
-        7B's layout; anything else takes the modules' PyTorch path)."""
+        7B's layout; anything else takes the modules' PyTorch path). Not under autocast (whose GEMMs return another
+        dtype than the weights'), not in reentrant checkpointing's first pass (`checkpoint_first_pass`), not for a
+        block accelerate offloads (the kernels read weights that only the modules' own calls bring from the meta
+        device)."""
+        weight = self.norm_mlstm.weight
         return (
-            self.fused_layout and not torch.is_grad_enabled() and x.dtype == self.norm_mlstm.weight.dtype
+            self.fused_layout and not torch.is_grad_enabled() and x.dtype == weight.dtype and x.device == weight.device
             and (backend or resolve_backend(x.device, self.mlstm_layer.config.kernel_preference)) == "triton"
+            and not torch.is_autocast_enabled(x.device.type) and not checkpoint_first_pass(self)
         )
 
 
@@ -318,6 +325,20 @@ class XLSTMPreTrainedModel(PreTrainedModel):
         """The mLSTM kernels this model runs on its device: "triton" or "torch" (see `xlstm_hf.kernels.backend`;
         override with `xlstm_hf.set_kernel_backend(...)` or the XLSTM_HF_KERNELS environment variable)."""
         return resolve_backend(self.device, self.config.kernel_preference)
+
+
+def checkpoint_first_pass(block: nn.Module) -> bool:
+    """Whether `block` runs the first pass of reentrant gradient checkpointing: training without autograd, then run
+    again from the same inputs for the backward. Not inference, then: no fused inference kernels, and no state
+    updated in place (the step kernel's way without autograd), which the second run would start from."""
+    return block.gradient_checkpointing and block.training and not torch.is_grad_enabled()
+
+
+def execution_device(module: nn.Module) -> torch.device:
+    """Where `module` computes: its weight's device, or, when accelerate offloads it (the weights wait on the meta
+    device between forwards), the device its hook brings them to. A layer's recurrent state lives there."""
+    device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    return module.weight.device if device is None else torch.device(device)
 
 
 def keep_positions(x: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
@@ -373,7 +394,7 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask) -> None:
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
     tokens = input_ids if input_ids is not None else inputs_embeds
-    if tokens.dim() != (2 if input_ids is not None else 3) or tokens.shape[1] == 0:
+    if tokens.dim() != (2 if input_ids is not None else 3) or 0 in tokens.shape[:2]:
         name = "input_ids" if input_ids is not None else "inputs_embeds"
         raise ValueError(f"{name} must be a non-empty batch of sequences, got shape {tuple(tokens.shape)}")
     if input_ids is not None:
@@ -420,7 +441,7 @@ class XLSTMModel(XLSTMPreTrainedModel):
 
     def new_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> XLSTMCache:
         """An empty state for `batch_size` sequences, each layer's on that layer's device."""
-        devices = [block.norm_mlstm.weight.device for block in self.blocks]
+        devices = [execution_device(block.norm_mlstm) for block in self.blocks]
         return XLSTMCache(self.config, batch_size, device=devices, dtype=dtype)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -455,9 +476,11 @@ class XLSTMModel(XLSTMPreTrainedModel):
             output_hidden_states,
         )
 
-        # Segments carry the state from one to the next: exact, and the activations of one segment bound memory.
+        # Segments carry the state from one to the next: exact, and the activations of one segment bound memory. Only
+        # in inference: autograd keeps every segment's activations anyway, and reentrant gradient checkpointing would
+        # cut the gradient through the state between them.
         keep_from = length - last_positions_to_keep if 0 < last_positions_to_keep < length else 0
-        segment = self.config.max_inference_chunksize
+        segment = length if torch.is_grad_enabled() else self.config.max_inference_chunksize
         hidden_states = [[] for _ in range(len(self.blocks) + 1)] if output_hidden_states else None
         kept = []
         for start in range(0, length, segment):
@@ -613,7 +636,8 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
 
     # Decode steps on CUDA replay a captured CUDA graph (no Python or launch overhead per token): the default; turn
-    # it off with `model.cuda_graphs = False` or XLSTM_HF_CUDA_GRAPHS=0.
+    # it off with `model.cuda_graphs = False` or XLSTM_HF_CUDA_GRAPHS=0. Not with PEFT adapters in the model (see
+    # `has_adapter_layers`) or parts offloaded by accelerate.
     cuda_graphs: bool = True
     max_decode_graphs = 2  # one per (batch size, state dtype); each holds its own memory pool
 
@@ -622,6 +646,7 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
         self.backbone = XLSTMModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self._decode_graphs: dict[tuple, DecodeGraph] = {}
+        self._adapter_scan = (-1, False)  # (registrations when last looked, whether adapter layers were found)
         self.post_init()
 
     def new_generation_cache(self, batch_size: int) -> XLSTMCache:
@@ -718,7 +743,29 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
             and input_ids is not None and inputs_embeds is None and input_ids.is_cuda and input_ids.shape[1] == 1
             and isinstance(cache, XLSTMCache) and cache.batch_size == input_ids.shape[0]  # a fresh cache too: zeros
             and labels is None and not output_hidden_states and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled(input_ids.device.type)  # the graph runs the weights' dtype
+            and not self.offloaded  # accelerate's hooks would copy weights inside the graph, from memory they free
+            and not self.has_adapter_layers
         )
+
+    @property
+    def has_adapter_layers(self) -> bool:
+        """Whether PEFT adapter layers sit in the model. Their switches (`disable_adapter`, `set_adapter`,
+        `merge_adapter`) are Python state and in-place weight updates that a captured decode graph would not see, so
+        such a model decodes eagerly (`merge_and_unload()` first for the graph's speed). Looked for again only after a
+        module or parameter was registered somewhere, as adding adapters does."""
+        seen, found = self._adapter_scan
+        if seen != registrations():
+            found = any(type(module).__module__.startswith("peft.") for module in self.modules())
+            self._adapter_scan = (registrations(), found)
+        return found
+
+    @property
+    def offloaded(self) -> bool:
+        """Whether accelerate keeps part of the model on disk, or on the CPU while the rest computes elsewhere (loaded
+        with such a `device_map`)."""
+        devices = set((getattr(self, "hf_device_map", None) or {}).values())
+        return "disk" in devices or ("cpu" in devices and len(devices) > 1)
 
     def _replay_decode(self, input_ids, attention_mask, cache: XLSTMCache) -> torch.Tensor:
         """The decode step from a CUDA graph: one per (batch size, state dtype), captured on first use (again if the

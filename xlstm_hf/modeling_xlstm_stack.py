@@ -31,7 +31,8 @@ from .cache_xlstm_stack import XLSTMStackCache, initial_block_state
 from .configuration_xlstm_stack import XLSTMStackConfig
 from .kernels import mlstm, pad_gates, resolve_backend
 from .kernels.slstm_torch import slstm_recurrent_sequence
-from .modeling_xlstm import RecurrentGenerationMixin, keep_positions, prepare_forward
+from .modeling_xlstm import (RecurrentGenerationMixin, checkpoint_first_pass, execution_device, keep_positions,
+                             prepare_forward)
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -289,6 +290,8 @@ class XLSTMStackBlock(GradientCheckpointingLayer):
         self.ffn = XLSTMStackFeedForward(config) if has_ffn else None
 
     def forward(self, x: torch.Tensor, state: tuple, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple]:
+        if checkpoint_first_pass(self):
+            state = tuple(t.clone() for t in state)
         y, state = self.xlstm(self.xlstm_norm(x), state, mask)
         x = x + y
         if self.ffn is not None:
@@ -392,7 +395,7 @@ class XLSTMStackModel(XLSTMStackPreTrainedModel):
 
     def new_cache(self, batch_size: int, dtype: torch.dtype = torch.float32) -> XLSTMStackCache:
         """An empty state for `batch_size` sequences, each block's on that block's device."""
-        devices = [block.xlstm_norm.weight.device for block in self.xlstm_block_stack.blocks]
+        devices = [execution_device(block.xlstm_norm) for block in self.xlstm_block_stack.blocks]
         return XLSTMStackCache(self.config, batch_size, device=devices, dtype=dtype)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")

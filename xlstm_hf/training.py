@@ -40,8 +40,8 @@ class PackedBlocks(torch.utils.data.Dataset):
         ids: list[int] = []
         for text in texts:
             ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        if len(ids) < block_size + 1:
-            raise ValueError(f"only {len(ids)} tokens of data: fewer than one block of {block_size}")
+        if len(ids) < block_size:
+            raise ValueError(f"{len(ids)} tokens: too few for one block of {block_size}")
         self.blocks = torch.tensor(ids[: len(ids) // block_size * block_size]).view(-1, block_size)
 
     def __len__(self) -> int:

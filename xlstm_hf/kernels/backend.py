@@ -26,7 +26,6 @@ ENV_VAR = "XLSTM_HF_KERNELS"
 LEGACY_KERNEL_NAMES = {
     "chunkwise--triton_xl_chunk": "triton",
     "chunkwise--triton_limit_chunk": "triton",
-    "chunkwise--triton_xl_chunk_siging": "triton",
     "parallel--triton_limit_headdim": "triton",
     "native_sequence__triton": "triton",
     "native_sequence__triton_step_fused": "triton",
@@ -37,6 +36,7 @@ LEGACY_KERNEL_NAMES = {
     "parallel--native_autograd": "torch",
     "parallel--native_custbw": "torch",
     "parallel--native_stablef_autograd": "torch",
+    "parallel--native_stablef_custbw": "torch",
     "native_sequence__native": "torch",
     "native": "torch",
 }
@@ -53,6 +53,9 @@ def normalize_backend(name: str | None) -> str:
         return key
     if key in LEGACY_KERNEL_NAMES:
         return LEGACY_KERNEL_NAMES[key]
+    if "siging" in key:  # mlstm_kernels' sigmoid-input-gate kernels compute another cell
+        raise ValueError(f"{name!r} is the mLSTM with a sigmoid input gate, another cell than xLSTM 7B's exponential "
+                         "input gate: not supported")
     raise ValueError(
         f"unknown mLSTM kernel backend {name!r}: use one of {BACKENDS} or a legacy name "
         f"({', '.join(sorted(LEGACY_KERNEL_NAMES))})"
@@ -82,7 +85,10 @@ def requested_backend(preference: str | None = None) -> str:
     if _override is not None:
         return _override
     if os.environ.get(ENV_VAR):
-        return normalize_backend(os.environ[ENV_VAR])
+        try:
+            return normalize_backend(os.environ[ENV_VAR])
+        except ValueError as error:
+            raise ValueError(f"environment variable {ENV_VAR}: {error}") from None
     return normalize_backend(preference)
 
 
