@@ -23,8 +23,9 @@ def run(model, ids, backend):
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-3), (torch.bfloat16, 0.25)])
-def test_prefill_and_decode_match_the_reference(dtype, tol):
-    model = tiny_model(hidden_size=512, num_heads=4, num_hidden_layers=2).to("cuda", dtype)
+@pytest.mark.parametrize("hidden, heads", [(512, 4), (128, 2)])  # head dims 64 / 128, and the tiny model's 32 / 64
+def test_prefill_and_decode_match_the_reference(dtype, tol, hidden, heads):
+    model = tiny_model(hidden_size=hidden, num_heads=heads, num_hidden_layers=2).to("cuda", dtype)
     assert model.kernel_backend == "triton"
     ids = random_ids(2, 301).cuda()
     with torch.no_grad():
