@@ -201,6 +201,7 @@ def test_config_accepts_the_package_config_and_round_trips(tmp_path):
     (dict(slstm_block={"feedforward": {"act_fn": "tanh"}}), "slstm_block.feedforward.act_fn"),
     (dict(slstm_block=None), "slstm_block is None"),
     (dict(embedding_dim=0), "embedding_dim"),
+    (dict(hidden_size=64), "its alias hidden_size=64 disagree"),  # beside embedding_dim=32: silently 64 before
     (dict(dropout="0.1"), "dropout"),  # TypeErrors that named no field
     (dict(mlstm_block={"mlstm": {"proj_factor": "2"}}), "mlstm_block.mlstm.proj_factor"),
     (dict(mlstm_block={"mlstm": {"proj_factor": float("nan")}}), "mlstm_block.mlstm.proj_factor"),

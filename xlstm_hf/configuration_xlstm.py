@@ -38,6 +38,21 @@ LEGACY_RENAMES = {"add_post_blocks_norm": "add_out_norm", "cell_norm_eps": "eps"
 LEGACY_KERNEL_FIELDS = ("forward_backend_name", "step_backend_name")
 
 
+def resolve_alias(config: PretrainedConfig, name: str, alias: str, default: int, kwargs: dict,
+                  alias_builds: bool = False) -> int:
+    """The value of field `name` (None when not given) reconciled with `alias` from the config's `kwargs` (popped):
+    either one, or `default` if neither was given. Both given and unequal is an error, unless `alias_builds` (the
+    alias is what the model is built from: it wins, with a warning)."""
+    value, alias_value = getattr(config, name), kwargs.pop(alias, None)
+    if value is not None and alias_value is not None and value != alias_value:
+        if not alias_builds:
+            raise ValueError(f"{name}={value} and its alias {alias}={alias_value} disagree")
+        logger.warning(f"{name}={value} and its alias {alias}={alias_value} disagree: taking {alias}={alias_value}, "
+                       "as transformers' xLSTM does")
+        return alias_value
+    return next((x for x in (value, alias_value) if x is not None), default)
+
+
 def round_up_to_multiple(x: float, multiple: int) -> int:
     """Round x up to a multiple, with the exact arithmetic of transformers and the xlstm package (their FFN widths)."""
     return int(((x + multiple - 1) // multiple) * multiple)
@@ -126,9 +141,9 @@ class XLSTMConfig(PretrainedConfig):
             if legacy in kwargs:
                 setattr(self, field, kwargs.pop(legacy))
         head_dim = kwargs.pop("head_dim", None)
-        self.hidden_size = self._resolve_alias("hidden_size", "embedding_dim", 4096, kwargs)
+        self.hidden_size = resolve_alias(self, "hidden_size", "embedding_dim", 4096, kwargs)
         # transformers' xLSTM builds its blocks from num_blocks and keeps num_hidden_layers=32 beside it.
-        self.num_hidden_layers = self._resolve_alias("num_hidden_layers", "num_blocks", 32, kwargs, alias_builds=True)
+        self.num_hidden_layers = resolve_alias(self, "num_hidden_layers", "num_blocks", 32, kwargs, alias_builds=True)
         self._normalise_kernel_names({name: value for name in LEGACY_KERNEL_FIELDS if (value := kwargs.pop(name, None))})
         super().__post_init__(**kwargs)
         self._validate()
@@ -136,16 +151,6 @@ class XLSTMConfig(PretrainedConfig):
             raise ValueError(
                 f"head_dim={head_dim} does not match hidden_size * v_dim_factor / num_heads = {self.v_head_dim}"
             )
-
-    def _resolve_alias(self, name: str, alias: str, default: int, kwargs: dict, alias_builds: bool = False) -> int:
-        value, alias_value = getattr(self, name), kwargs.pop(alias, None)
-        if value is not None and alias_value is not None and value != alias_value:
-            if not alias_builds:
-                raise ValueError(f"{name}={value} and its alias {alias}={alias_value} disagree")
-            logger.warning(f"{name}={value} and its alias {alias}={alias_value} disagree: taking {alias}={alias_value}, "
-                           "as transformers' xLSTM does")
-            return alias_value
-        return next((x for x in (value, alias_value) if x is not None), default)
 
     def _normalise_kernel_names(self, legacy: dict[str, str]) -> None:
         # Triton/CUDA kernel names from the xlstm package or NX-AI's config would make the saved config.json fail

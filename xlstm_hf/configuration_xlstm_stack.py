@@ -16,6 +16,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from .configuration_xlstm import resolve_alias
+
 # The nested block fields kept, with the `xlstm` package's defaults.
 MLSTM_LAYER_DEFAULTS = {
     "conv1d_kernel_size": 4,
@@ -153,8 +155,8 @@ class XLSTMStackConfig(PretrainedConfig):
     }
 
     vocab_size: int = 50304
-    embedding_dim: int = 128
-    num_blocks: int = 1
+    embedding_dim: int | None = None  # 128 unless given here or as hidden_size
+    num_blocks: int | None = None  # 1 unless given here or as num_hidden_layers
     slstm_at: list[int] | str | None = None
     mlstm_block: dict | None = None
     slstm_block: dict | None = None
@@ -173,6 +175,8 @@ class XLSTMStackConfig(PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         kwargs.pop("_block_map", None)  # derived from slstm_at
+        self.embedding_dim = resolve_alias(self, "embedding_dim", "hidden_size", 128, kwargs)
+        self.num_blocks = resolve_alias(self, "num_blocks", "num_hidden_layers", 1, kwargs)
         super().__post_init__(**kwargs)
         if self.mlstm_block is None and self.slstm_block is None:
             self.mlstm_block = {}
