@@ -32,6 +32,8 @@ import time
 import results
 import torch
 
+from xlstm_hf.arguments import at_least, non_negative_float
+
 VARIANTS = ["xlstm_hf", "xlstm_hf_fused", "xlstm_hf_eager", "transformers_xlstm", "transformers_xlstm_mlstm_kernels",
             "llama2", "llama31", "falcon_mamba"]
 # transformers' xLSTM on the `xlstm` package's mlstm_kernels (as NX-AI's config names them; needs `xlstm` installed)
@@ -65,11 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="time only the first token for longer prompts of a variant, e.g. llama2=2048 (each new "
                              "static-cache length recompiles Llama's decode step)")
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--ttft-samples", type=int, default=0, metavar="N",
+    parser.add_argument("--ttft-samples", type=at_least(0), default=0, metavar="N",
                         help="latency suite: also time N more first tokens (generate with one new token) at each "
                              "prompt length and report their median and minimum beside the first sample; one sample "
                              "swings with the host's and the GPU's clocks")
-    parser.add_argument("--ttft-pause", type=float, default=0.0, metavar="SECONDS",
+    parser.add_argument("--ttft-pause", type=non_negative_float, default=0.0, metavar="SECONDS",
                         help="idle time before each of the --ttft-samples calls (after a pause the host queues "
                              "slower; back to back the GPU runs at the clock its power cap leaves)")
     parser.add_argument("--peer-new-tokens", type=int, default=16,
@@ -86,8 +88,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # internal: run one variant in this process
     args = parser.parse_args(argv)
-    if args.ttft_samples < 0 or args.ttft_pause < 0:
-        parser.error(f"--ttft-samples ({args.ttft_samples}) and --ttft-pause ({args.ttft_pause}) must be >= 0")
     return args
 
 

@@ -19,17 +19,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 import xlstm_hf
-from xlstm_hf.arguments import (at_least, load_pretrained, load_tokenizer, positive_float, read_data,
-                                reports_usage_errors)
+from xlstm_hf.arguments import (at_least, load_pretrained, load_tokenizer, number_in, positive_float, positive_int,
+                                read_data, reports_usage_errors)
 from xlstm_hf.training import SFTExamples, right_padded_batch, save_atomically
-
-
-def probability(text: str) -> float:
-    """An argparse type: a number in [0, 1) (a dropout of 1 would drop everything)."""
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,15 +32,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-file", nargs="+", required=True, help=".jsonl (one object a line) or text files")
     parser.add_argument("--text-field", default="text", help="the JSON field holding the text (default: text)")
     parser.add_argument("--output-dir", required=True, help="where the adapters go")
-    parser.add_argument("--rank", type=at_least(1), default=16, help="LoRA rank (default: 16)")
+    parser.add_argument("--rank", type=positive_int, default=16, help="LoRA rank (default: 16)")
     parser.add_argument("--alpha", type=positive_float, default=32, help="LoRA alpha (default: 32)")
-    parser.add_argument("--dropout", type=probability, default=0.05, help="LoRA dropout (default: 0.05)")
+    parser.add_argument("--dropout", type=number_in(0, 1), default=0.05,  # a dropout of 1 would drop everything
+                        help="LoRA dropout (default: 0.05)")
     parser.add_argument("--target-modules", nargs="+",
                         help=f"layers to adapt, or all-linear (default: per weight mode, {xlstm_hf.LORA_TARGET_MODULES})")
     # An example of one token predicts nothing.
     parser.add_argument("--max-length", type=at_least(2), default=1024, help="tokens per example (default: 1024)")
-    parser.add_argument("--batch-size", type=at_least(1), default=4)
-    parser.add_argument("--steps", type=at_least(1), default=100)
+    parser.add_argument("--batch-size", type=positive_int, default=4)
+    parser.add_argument("--steps", type=positive_int, default=100)
     parser.add_argument("--lr", type=positive_float, default=2e-4)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--gradient-checkpointing", action="store_true")

@@ -34,7 +34,7 @@ from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, Trainin
 from xlstm_hf import XLSTMConfig, XLSTMForCausalLM, default_model_path
 from xlstm_hf.stdlib_corpus import (SPECIAL_TOKENS, TRAINING_LOG, corpus_summary, model_card, stdlib_files,
                                      train_tokenizer)
-from xlstm_hf.arguments import (UsageError, at_least, load_pretrained, load_tokenizer, non_negative_float,
+from xlstm_hf.arguments import (UsageError, at_least, load_pretrained, load_tokenizer, non_negative_float, positive_int,
                                 positive_float, read_data, reports_usage_errors)
 from xlstm_hf.training import PackedBlocks, save_atomically
 
@@ -66,17 +66,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="vocabulary of the tokenizer trained with --corpus (default: 8192)")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--block-size", type=at_least(2), default=512)  # a block of one token predicts nothing
-    parser.add_argument("--batch-size", type=at_least(1), default=8)
-    parser.add_argument("--steps", type=at_least(1), default=1000)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--steps", type=positive_int, default=1000)
     parser.add_argument("--max-minutes", type=positive_float,
                         help="stop the training loop after this many minutes even before --steps (the learning-rate "
                              "schedule still spans --steps); the held-out evaluation and saving follow")
     parser.add_argument("--lr", type=positive_float, default=1e-3)
     parser.add_argument("--warmup", type=at_least(0), default=100)
     parser.add_argument("--weight-decay", type=non_negative_float, default=0.1)
-    parser.add_argument("--log-every", type=at_least(1),
+    parser.add_argument("--log-every", type=positive_int,
                         help="log the training loss every N steps (default: steps / 20)")
-    parser.add_argument("--eval-every", type=at_least(1), help="also evaluate on the held-out data every N steps")
+    parser.add_argument("--eval-every", type=positive_int, help="also evaluate on the held-out data every N steps")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--save-dtype", choices=["float32", "bfloat16"], default="float32",
                         help="dtype of the saved weights (default: float32); the final held-out evaluation runs "

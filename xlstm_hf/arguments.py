@@ -64,20 +64,24 @@ def at_least(minimum: int) -> Callable[[str], int]:
 positive_int = at_least(1)
 
 
-def positive_float(text: str) -> float:
-    """An argparse type: a positive, finite number."""
-    value = float(text)
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
+def number_in(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = True
+              ) -> Callable[[str], float]:
+    """An argparse type: a finite number between `low` and `high`, each end open (excluded) or closed."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def number(text: str) -> float:
+        value = float(text)
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (above and below and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {value}")
+        return value
+
+    return number
 
 
-def non_negative_float(text: str) -> float:
-    """An argparse type: a finite number of at least 0."""
-    value = float(text)
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+positive_float = number_in(0, low_open=True)
+non_negative_float = number_in(0)
 
 
 def read_data(parser: argparse.ArgumentParser, option: str, paths: list[str], field: str) -> list[str]:

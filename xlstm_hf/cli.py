@@ -11,34 +11,17 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
-from .arguments import load_pretrained, positive_int
+from .arguments import load_pretrained, non_negative_float, number_in, positive_int
 
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 class CommandError(Exception):
     """A problem the user can fix; printed without a traceback."""
-
-
-def temperature(text: str) -> float:
-    """An argparse type: 0 (greedy) or a positive, finite sampling temperature."""
-    value = float(text)
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be 0 (greedy) or positive, got {value}")
-    return value
-
-
-def probability(text: str) -> float:
-    """An argparse type: a number in (0, 1]."""
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
 
 
 def shard_size(text: str) -> str:
@@ -219,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt")
     _add_model_args(generate)
     generate.add_argument("--max-new-tokens", type=positive_int, default=64)
-    generate.add_argument("--temperature", type=temperature, default=0.0, help="0: greedy (default)")
-    generate.add_argument("--top-p", type=probability, default=0.95, help="nucleus sampling (default: 0.95)")
+    generate.add_argument("--temperature", type=non_negative_float, default=0.0, help="0: greedy (default)")
+    generate.add_argument("--top-p", type=number_in(0, 1, low_open=True, high_open=False), default=0.95,
+                          help="nucleus sampling (default: 0.95)")
     generate.set_defaults(run=cmd_generate)
 
     convert = commands.add_parser("convert", help="convert a checkpoint (layout, weight mode, dtype)")

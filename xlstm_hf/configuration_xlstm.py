@@ -144,7 +144,8 @@ class XLSTMConfig(PretrainedConfig):
         self.hidden_size = resolve_alias(self, "hidden_size", "embedding_dim", 4096, kwargs)
         # transformers' xLSTM builds its blocks from num_blocks and keeps num_hidden_layers=32 beside it.
         self.num_hidden_layers = resolve_alias(self, "num_hidden_layers", "num_blocks", 32, kwargs, alias_builds=True)
-        self._normalise_kernel_names({name: value for name in LEGACY_KERNEL_FIELDS if (value := kwargs.pop(name, None))})
+        legacy_kernels = {name: kwargs.pop(name) for name in LEGACY_KERNEL_FIELDS if name in kwargs}
+        self._normalise_kernel_names({name: value for name, value in legacy_kernels.items() if value})
         super().__post_init__(**kwargs)
         self._validate()
         if head_dim is not None and head_dim != self.v_head_dim:

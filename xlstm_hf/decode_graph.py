@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.nn.modules.module import register_module_module_registration_hook, register_module_parameter_registration_hook
@@ -30,9 +31,17 @@ register_module_module_registration_hook(_count_registration)
 register_module_parameter_registration_hook(_count_registration)
 
 
-def registrations() -> int:
-    """How many modules and parameters were registered anywhere in the process so far."""
-    return _registrations
+class SinceRegistration:
+    """A value worked out again only after a module or parameter was registered somewhere in the process, so that
+    asking for it every token costs one comparison."""
+
+    def __init__(self) -> None:
+        self.registrations, self.value = -1, None
+
+    def get(self, compute: Callable[[], Any]) -> Any:
+        if self.registrations != _registrations:
+            self.value, self.registrations = compute(), _registrations
+        return self.value
 
 
 class WeightWatch:
@@ -40,8 +49,8 @@ class WeightWatch:
     them was reallocated (`model.to`, `load_state_dict(assign=True)`) or replaced (a new layer, merged adapters)."""
 
     def __init__(self, weights: list[torch.Tensor]):
-        self.weights, self.registrations = list(weights), _registrations
-        self.pointers = self.addresses(self.weights)
+        self.weights = SinceRegistration()
+        self.pointers = self.addresses(self.weights.get(lambda: list(weights)))
 
     @staticmethod
     def addresses(tensors: list[torch.Tensor]) -> tuple[int, ...]:
@@ -49,9 +58,7 @@ class WeightWatch:
 
     def moved(self, parameters: Callable[[], list[torch.Tensor]]) -> bool:
         """`parameters()` lists the model's weights now; it is called only after a registration somewhere."""
-        if self.registrations != _registrations:
-            self.weights, self.registrations = parameters(), _registrations
-        return self.pointers != self.addresses(self.weights)
+        return self.pointers != self.addresses(self.weights.get(parameters))
 
 
 class SharedState:

@@ -23,7 +23,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from .cache_xlstm import XLSTMCache
 from .configuration_xlstm import XLSTMConfig
-from .decode_graph import DecodeGraph, registrations
+from .decode_graph import DecodeGraph, SinceRegistration
 from .deferred_stop import deferred_stop_checks
 from .kernels import MLSTMState, mlstm, pad_gates, resolve_backend
 from .packing import is_plain, packed_or_pack
@@ -227,9 +227,10 @@ class XLSTMBlock(GradientCheckpointingLayer):
         pass through the cell into the state, but skip the output projection and the FFN: the last block of a
         prefill whose earlier outputs nothing reads (generate()'s head sees only the last position)."""
         backend = resolve_backend(x.device, self.mlstm_layer.config.kernel_preference)
-        if state is not None and checkpoint_first_pass(self):
+        first_pass = checkpoint_first_pass(self)
+        if first_pass and state is not None:
             state = tuple(t.clone() for t in state)
-        fused = self.fused_inference(x, backend)
+        fused = not first_pass and self.fused_inference(x, backend)
         if fused and x.shape[1] == 1 and state is not None and (stepped := self.fused_step(x, state, mask)) is not None:
             return stepped[0][:, keep_from:], stepped[1]
         kernels = fused_kernels() if fused else None
@@ -273,14 +274,13 @@ class XLSTMBlock(GradientCheckpointingLayer):
         """Whether this step can run its elementwise work on the fused Triton kernels: inference (no autograd) on
         the Triton backend (`backend`, else resolved from the config), in the weights' dtype, without biases (the
         7B's layout; anything else takes the modules' PyTorch path). Not under autocast (whose GEMMs return another
-        dtype than the weights'), not in reentrant checkpointing's first pass (`checkpoint_first_pass`), not for a
-        block accelerate offloads (the kernels read weights that only the modules' own calls bring from the meta
-        device)."""
+        dtype than the weights'), not for a block accelerate offloads (the kernels read weights that only the modules'
+        own calls bring from the meta device); the caller rules out reentrant checkpointing's first pass."""
         weight = self.norm_mlstm.weight
         return (
             self.fused_layout and not torch.is_grad_enabled() and x.dtype == weight.dtype and x.device == weight.device
             and (backend or resolve_backend(x.device, self.mlstm_layer.config.kernel_preference)) == "triton"
-            and not torch.is_autocast_enabled(x.device.type) and not checkpoint_first_pass(self)
+            and not torch.is_autocast_enabled(x.device.type)
         )
 
 
@@ -646,7 +646,7 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
         self.backbone = XLSTMModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self._decode_graphs: dict[tuple, DecodeGraph] = {}
-        self._adapter_scan = (-1, False)  # (registrations when last looked, whether adapter layers were found)
+        self._adapter_layers = SinceRegistration()  # adding adapters registers modules
         self.post_init()
 
     def new_generation_cache(self, batch_size: int) -> XLSTMCache:
@@ -752,13 +752,8 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
     def has_adapter_layers(self) -> bool:
         """Whether PEFT adapter layers sit in the model. Their switches (`disable_adapter`, `set_adapter`,
         `merge_adapter`) are Python state and in-place weight updates that a captured decode graph would not see, so
-        such a model decodes eagerly (`merge_and_unload()` first for the graph's speed). Looked for again only after a
-        module or parameter was registered somewhere, as adding adapters does."""
-        seen, found = self._adapter_scan
-        if seen != registrations():
-            found = any(type(module).__module__.startswith("peft.") for module in self.modules())
-            self._adapter_scan = (registrations(), found)
-        return found
+        such a model decodes eagerly (`merge_and_unload()` first for the graph's speed)."""
+        return self._adapter_layers.get(lambda: any(type(m).__module__.startswith("peft.") for m in self.modules()))
 
     @property
     def offloaded(self) -> bool:
