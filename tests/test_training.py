@@ -1,6 +1,7 @@
 """Training as users run it: SFT batches masked exactly, the transformers Trainer (bf16 autocast, gradient
 checkpointing), atomic saving, and the two example scripts end to end on local data."""
 
+import itertools
 import json
 import os
 import runpy
@@ -15,7 +16,9 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 import xlstm_hf
+import xlstm_hf.modeling_xlstm
 from helpers import make_tokenizer, random_ids, run_script, script_help, tiny_model
+from xlstm_hf.kernels import mlstm_recurrent_sequence
 from xlstm_hf.training import (PackedBlocks, SFTExamples, read_texts, right_padded_batch, save_atomically,
                                write_atomically)
 
@@ -78,36 +81,52 @@ def test_gradient_checkpointing_gives_the_plain_gradients(each_backend, use_reen
         assert torch.allclose(checkpointed[name], grad, atol=1e-5, rtol=1e-3), name
 
 
-def test_inference_under_autocast():
+def exact_cell(q, k, v, i, f, initial_state=None, eps=1e-6, **_):
+    """The mLSTM cell in float64 (the recurrent form), its output rounded to the activations' dtype: the best any
+    kernel can give a model under autocast."""
+    with torch.autocast(q.device.type, enabled=False):
+        state = None if initial_state is None else tuple(s.double() for s in initial_state)
+        h, final = mlstm_recurrent_sequence(*(x.double() for x in (q, k, v, i, f)), state, eps)
+    return h.to(v.dtype), tuple(s.float() for s in final)
+
+
+def test_inference_under_autocast(monkeypatch):
     """Weights in float32, GEMMs in half precision: the fused inference kernels got mixed dtypes (a dtype error, on
     CUDA an illegal memory access), so e.g. the Trainer's bf16 evaluation failed. Against the float32 PyTorch
-    reference, each backend in float32, then under autocast a prefill and a step, each at most twice as far off as
-    the PyTorch reference under the same autocast."""
+    reference: each backend in float32, then under autocast a prefill and a step, each at most three times as far
+    off as the same model with the exact cell under that autocast. The bar is the exact cell's, not the PyTorch
+    backend's, whose rounding happens to fall better here: in bf16 (H200) its prefill was 0.17 off where the exact
+    cell's and the Triton backend's were 0.66 (with 32-wide tiles the Triton kernels gave 3.98 here)."""
     device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float16)
     model, ids = tiny_model().to(device), random_ids(2, 40).to(device)
+
+    def errors_under_autocast():
+        with torch.no_grad(), torch.autocast(device, dtype=dtype):
+            out = model(ids[:, :39], use_cache=True)
+            step = model(ids[:, 39:], cache=out.cache)
+            generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+        assert generated.shape == (2, 43)
+        return dict(prefill=(out.logits.float() - reference[:, :39]).abs().max().item(),
+                    step=(step.logits.float() - reference[:, 39:]).abs().max().item())
+
     errors = {}
     try:
         xlstm_hf.set_kernel_backend("torch")
         with torch.no_grad():
             reference = model(ids).logits
+        with monkeypatch.context() as patch:
+            patch.setattr(xlstm_hf.modeling_xlstm, "mlstm", exact_cell)
+            exact = errors_under_autocast()
         for backend in ("torch", "triton"):
             xlstm_hf.set_kernel_backend(backend)
             with torch.no_grad():
                 full = model(ids).logits
-                with torch.autocast(device, dtype=dtype):
-                    out = model(ids[:, :39], use_cache=True)
-                    step = model(ids[:, 39:], cache=out.cache)
-                    generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3,
-                                               do_sample=False)
-            assert generated.shape == (2, 43)
-            errors[backend] = dict(float32=(full - reference).abs().max().item(),
-                                   prefill=(out.logits.float() - reference[:, :39]).abs().max().item(),
-                                   step=(step.logits.float() - reference[:, 39:]).abs().max().item())
+            errors[backend] = dict(float32=(full - reference).abs().max().item(), **errors_under_autocast())
     finally:
         xlstm_hf.set_kernel_backend(None)
     assert errors["triton"]["float32"] < 1e-3, errors
-    for part in ("prefill", "step"):
-        assert errors["triton"][part] <= 2 * errors["torch"][part] + 1e-3, errors
+    for backend, part in itertools.product(("torch", "triton"), ("prefill", "step")):
+        assert errors[backend][part] <= 3 * exact[part] + 1e-3, (errors, exact)
 
 
 def test_packed_blocks_and_data_errors(tmp_path):

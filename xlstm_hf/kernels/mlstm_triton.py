@@ -466,12 +466,12 @@ DEFAULT_CHUNK_SIZE = 128
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
-    """Block sizes and launch settings. `state_*`: the recurrent kernels (forward and backward; `bw_state_warps`
-    and `bw_state_stages` the backward's), `out_*`: the forward's output kernel, `grad_*`: the dq/dk/dv kernels,
-    `gate_block`: the positions per step of the gate-gradient scan. Block sizes are capped to the head dims. The
-    defaults are the fastest of `benchmarks/kernels.py --sweep` at the 7B's shapes on an H100 (S 8K and 32K;
-    docs/benchmarks.md), in bf16, except `state_warps` and `state_stages`: 8 and 3 from sweeps on an H200 (4 and 2 on
-    the H100); the launches use `for_dtype`.
+    """Block sizes and launch settings. `state_*`: the recurrent kernels (forward and backward; `bw_state_warps` and
+    `bw_state_stages` the backward's), `out_*`: the forward's output kernel, `grad_*`: the dq/dk/dv kernels,
+    `gate_block`: the positions per step of the gate-gradient scan. Block sizes are capped to the head dims, down to
+    64 (`_fit`). The defaults are the fastest of `benchmarks/kernels.py --sweep` at the 7B's shapes on an H100 (S 8K
+    and 32K; docs/benchmarks.md), in bf16, except `state_warps` and `state_stages`: 8 and 3 from sweeps on an H200
+    (4 and 2 on the H100); the launches use `for_dtype`.
     """
 
     state_bk: int = 64
@@ -510,7 +510,10 @@ def _pow2(x: int, low: int = 16) -> int:
 
 
 def _fit(block: int, dim: int) -> int:
-    return min(block, _pow2(dim))
+    """A tile of at most `block` along a dim of `dim`, at least 64 wide (masked past the dim). With 16- or 32-dim
+    heads, narrower tiles made dots of depth 16 / 32 that crashed (illegal memory access) or gave wrong outputs and
+    gradients on an H200 with Triton 3.6, in 2-byte dtypes, with 64-position chunks (docs/benchmarks.md)."""
+    return min(block, _pow2(dim, low=64))
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
