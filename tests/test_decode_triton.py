@@ -8,12 +8,13 @@ import torch.nn.functional as F
 
 import xlstm_hf
 from helpers import DEVICE, KERNEL_DTYPES, close, perturb_gates, random_ids, randn, tiny_model
-from xlstm_hf.kernels import pad_gates
+from xlstm_hf.kernels import mlstm_recurrent_step, pad_gates
 from xlstm_hf.modeling_xlstm import soft_cap
 
 pytest.importorskip("triton")
 from xlstm_hf.kernels import decode_triton as decode  # noqa: E402
 from xlstm_hf.kernels import elementwise_triton as fused  # noqa: E402
+from xlstm_hf.kernels.mlstm_triton import mlstm_step_triton  # noqa: E402
 
 ROWS = [1, 5, 33] if DEVICE == "cuda" else [1, 5]
 
@@ -61,6 +62,63 @@ def test_errors_name_the_bad_argument():
         decode.skinny_linear(x, weight, residual=x[:, :16], gated=True)
 
 
+# On a GPU every dtype a model may be loaded in (KERNEL_DTYPES is bf16 alone there), at the row counts where the
+# GEMV's row tile changes (BM = 16 up to 16 rows, 32 up to 32, then 64; the gated form's weight tile doubles past 16
+# rows), and at the projections of small models (hidden 64-192: inputs narrower than one weight tile of 128 / 256,
+# outputs not a multiple of its 32 / 64 rows). The CPU runs one row count of the two dtypes it has.
+ALL_DTYPES = [torch.float32, torch.float16] + [torch.bfloat16] * (DEVICE == "cuda")
+TILE_ROWS = [16, 17, 32, 64] if DEVICE == "cuda" else [17]
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("rows", TILE_ROWS)
+@pytest.mark.parametrize("width, out, epilogue", [(128, 392, "bias"), (96, 160, "residual"), (64, 2 * 88, "gated"),
+                                                  (192, 2 * 264, "gated")])
+def test_small_projections_at_every_row_tile_and_dtype(dtype, rows, width, out, epilogue):
+    x, weight = linear_inputs(rows, width, out, dtype)
+    bias = randn(out, dtype=dtype) if epilogue != "residual" else None
+    if epilogue == "gated":
+        gate, z = F.linear(x, weight, bias).split(out // 2, dim=-1)
+        close(decode.skinny_linear(x, weight, bias, gated=True), F.silu(gate) * z)
+    elif epilogue == "residual":
+        residual = randn(rows, out, dtype=dtype, scale=4)
+        close(decode.skinny_linear(x, weight, residual=residual), residual + F.linear(x, weight))
+    else:
+        close(decode.skinny_linear(x, weight, bias), F.linear(x, weight, bias))
+
+
+HALF_DTYPES = [torch.float16] + [torch.bfloat16] * (DEVICE == "cuda")  # the interpreter's bf16 dot is wrong
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("DQK, DV", [(16, 32), (24, 40), (32, 64)]
+                         + [(8, 16), (20, 48), (64, 128)] * (DEVICE == "cuda"))
+def test_step_kernels_at_small_heads_against_the_float64_step(dtype, state_dtype, DQK, DV):
+    # A decode step as `XLSTMBlock.fused_step` runs it (step_gates' snapshot, then the step kernel updating the state
+    # in place) with the inputs in the model's dtype, at the head dims of small models (hidden 64-256 over 2-4
+    # heads; blocks of 16-64 masked past the head), against the float64 recurrent step of the same rounded inputs.
+    B, NH, cap = 3, 2, 15.0
+    # q, k, v and the gates as views of one projection's output (randn gives equal shapes equal values)
+    q, k, v = randn(B, NH, 2 * DQK + DV, dtype=dtype, scale=2).split([DQK, DQK, DV], dim=-1)
+    i, f = randn(B, 2 * NH, dtype=dtype, scale=20).split(NH, dim=-1)  # beyond the cap too
+    C, n = randn(B, NH, DQK, DV, dtype=state_dtype), randn(B, NH, DQK + 1, dtype=state_dtype)[..., 1:].abs() + 0.5
+    m = randn(B, NH, dtype=state_dtype) + 1
+    mask = torch.ones(B, 1, dtype=torch.bool, device=DEVICE)
+    mask[1] = False  # a padded row: its state stays as it was
+    ref_i, ref_f = pad_gates(soft_cap(i, cap)[:, :, None], soft_cap(f, cap)[:, :, None], mask)
+    ref_h, ref_state = mlstm_recurrent_step(*(x.double() for x in (q, k, v, ref_i[:, :, 0], ref_f[:, :, 0])),
+                                            (C.double(), n.double(), m.double()))
+    state = tuple(x.clone() for x in (C, n, m))
+    step_i, step_f, *snapshot = fused.step_gates(i, f, cap, mask, *state[1:])
+    h, new_state = mlstm_step_triton(q, k, v, step_i, step_f, state, snapshot=snapshot)
+    assert all(a is b for a, b in zip(new_state, state))  # in place
+    close(h, ref_h.to(dtype), steps=2)  # the kernel's fp32 arithmetic and the reference's, each rounded once
+    for ours, ref in zip(new_state, ref_state):
+        close(ours, ref.to(state_dtype), steps=2)
+    assert all(torch.equal(ours[1], old[1]) for ours, old in zip(new_state, (C, n, m)))
+
+
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_step_gates_cap_mask_and_snapshot(with_mask):
     B, NH, DQK, cap = 3, 4, 48, 15.0
@@ -104,6 +162,38 @@ def test_the_model_steps_on_the_decode_kernels_and_matches_the_reference(triton_
         assert (ours - ref).abs().max() < 1e-4
     assert all(torch.equal(ours[0], old[0]) for ours, old in zip(step.cache.state_tensors(), before))
     assert not all(torch.equal(ours[1], old[1]) for ours, old in zip(step.cache.state_tensors(), before))
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("hidden, heads", [(128, 4)] + [(128, 2), (192, 4), (256, 4)] * (DEVICE == "cuda"))
+@pytest.mark.parametrize("batch", [3] + [17, 33] * (DEVICE == "cuda"))
+def test_small_models_step_on_the_decode_kernels_in_half_precision(triton_backend, dtype, hidden, heads, batch,
+                                                                   monkeypatch):
+    # A layer's fused step (its nine launches: every projection on the decode GEMV, the step kernels) for models of
+    # 16-64-dim heads in 2-byte dtypes, against the layer's PyTorch modules (the reference backend: no Triton at
+    # all). Tolerances as the 7B's layer test: on the CPU in fp16 the output was within one rounding step and the
+    # state within 1e-3 at these shapes.
+    model = tiny_model(hidden_size=hidden, num_heads=heads, num_hidden_layers=1).to(DEVICE, dtype)
+    block = model.backbone.blocks[0]
+    x = randn(batch, 1, hidden, dtype=dtype)
+    C, n, m = model.backbone.new_cache(batch).layers[0].state
+    gen = torch.Generator().manual_seed(0)
+    state = tuple(t.to(DEVICE) for t in (torch.rand(C.shape, generator=gen) * 0.1, torch.rand(n.shape, generator=gen),
+                                         torch.randn(m.shape, generator=gen)))
+    mask = torch.ones(batch, 1, dtype=torch.bool, device=DEVICE)
+    mask[0] = False
+    steps = []
+    original = type(block).fused_step
+    monkeypatch.setattr(type(block), "fused_step", lambda *args: steps.append(original(*args)) or steps[-1])
+    with torch.no_grad():
+        ours, ours_state = block(x, tuple(t.clone() for t in state), mask)
+        xlstm_hf.set_kernel_backend("torch")
+        ref, ref_state = block(x, tuple(t.clone() for t in state), mask)
+    assert len(steps) == 1 and steps[0] is not None  # the fused step ran, and only for the Triton backend
+    close(ours, ref, steps=2)
+    for a, b in zip(ours_state, ref_state):
+        assert ((a - b).abs() / b.abs().clamp_min(1)).max() < 1e-2
+    assert all(torch.equal(a[0], s[0]) for a, s in zip(ours_state, state))  # the padded row's state is untouched
 
 
 class Adapted(torch.nn.Module):

@@ -166,11 +166,13 @@ def test_ruler_prompts_synthesised_offline_with_the_models_tokenizer(setup, tmp_
 def test_ruler_lengths_the_paper_did_not_run(tmp_path, monkeypatch):
     from xlstm_hf.eval import ruler
 
-    results = {"niah_single_1": {"1024,none": 0.5, "4096,none": 0.25}, "ruler_vt": {"1024,none": 0.7}}
+    # lm-eval's -1: a length none of whose samples ran (with --limit), which is not a score of -100 %.
+    results = {"niah_single_1": {"1024,none": 0.5, "4096,none": 0.25}, "ruler_vt": {"1024,none": 0.7, "4096,none": -1}}
     monkeypatch.setattr(ruler, "run", lambda *args, **kwargs: results)  # lm-eval's results, without the hours
     ruler.main(["--model", "m", "--output-dir", str(tmp_path), "--lengths", "1024", "4096"])
     text = (tmp_path / "ruler.md").read_text()
     assert "| **average** | **60.0** | **25.0** |" in text and "| paper (xLSTM 7B) | - | 54.4 |" in text
+    assert json.loads((tmp_path / "lm_eval_results.json").read_text()) == results  # kept, as the leaderboard's
 
 
 def test_leaderboard_results_file_that_is_missing_broken_or_empty(tmp_path, capsys):
@@ -191,3 +193,75 @@ def test_cli_pass_through_names_a_model_that_cannot_be_loaded(setup, tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
     assert f"pretrained={tmp_path / 'missing'}:" in run.stderr
+
+
+def test_auto_batch_size_probes_rows_as_long_as_the_requests(setup, monkeypatch):
+    """lm-eval's batch-size search for generate_until (and rolling loglikelihood) tries rows of max_length tokens:
+    2**20 for a recurrent model, where no batch fits. Ours tries the longest request (prompt + generated tokens)."""
+    model_path, tasks_dir = setup
+    rows = []
+    call = XLSTMLM._model_call
+
+    def spy(self, inputs, *args, **kwargs):
+        rows.append(inputs.shape[1])
+        if inputs.shape[1] > 10_000:  # stands in for the out-of-memory error such a row would give
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return call(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(XLSTMLM, "_model_call", spy)
+    out = simple_evaluate(model="xlstm", model_args=f"pretrained={model_path},kernels=torch,max_batch_size=4",
+                          tasks=["xlstm_local_gen"], batch_size="auto", limit=4, device="cpu",
+                          task_manager=TaskManager(include_path=str(tasks_dir)))
+    assert out["results"]["xlstm_local_gen"] and rows
+    assert max(rows) <= 64, rows  # questions of at most 11 words, 6 generated tokens
+
+
+def test_lm_eval_subcommands_reach_lm_eval_with_our_model(monkeypatch):
+    from lm_eval._cli.harness import HarnessCLI
+
+    from xlstm_hf.eval import run_lm_eval_cli
+
+    seen = []
+    monkeypatch.setattr(HarnessCLI, "execute", lambda self, args: seen.append(args))
+    for argv, command, model in ((["--tasks", "t"], "run", "xlstm"), (["run", "--tasks", "t"], "run", "xlstm"),
+                                 (["run", "--model", "hf", "--tasks", "t"], "run", "hf"), (["ls", "tasks"], "ls", None)):
+        run_lm_eval_cli(argv)
+        assert seen[-1].command == command and getattr(seen[-1], "model", None) == model, argv
+
+
+def test_a_peft_adapter_through_lm_eval(setup, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    model_path, _ = setup
+    adapter = get_peft_model(tiny_model(), LoraConfig(r=4, target_modules=["q", "v"]))
+    adapter.save_pretrained(tmp_path / "lora")
+    lm = XLSTMLM(pretrained=str(model_path), peft=str(tmp_path / "lora"), device="cpu", kernels="torch")
+    assert isinstance(lm.model, PeftModel) and lm.max_length == RECURRENT_MAX_LENGTH
+    with pytest.raises(TypeError, match="not an xLSTM checkpoint"):
+        XLSTMLM(pretrained=str(make_gpt2(tmp_path / "gpt2")), device="cpu")
+
+
+def make_gpt2(folder):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=101)).save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("runner", ["leaderboard", "ruler"])
+def test_runners_check_their_arguments_before_evaluating(runner, tmp_path, monkeypatch, capsys):
+    """A finished evaluation used to meet an --output-dir that could not be a folder only at the end, its results
+    lost; a --model that does not load was a traceback naming lm-eval's pretrained=."""
+    import importlib
+
+    module = importlib.import_module(f"xlstm_hf.eval.{runner}")
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr(module, "run", lambda *args, **kwargs: pytest.fail("evaluated"))
+    with pytest.raises(SystemExit) as exited:
+        module.main(["--model", "m", "--output-dir", str(tmp_path / "a_file"), "--device", "cpu"])
+    assert exited.value.code == 2 and f"--output-dir {tmp_path / 'a_file'}:" in capsys.readouterr().err
+    monkeypatch.undo()
+    with pytest.raises(SystemExit) as exited:  # the real evaluation: lm-eval loads the model first
+        module.main(["--model", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "out"), "--device", "cpu"])
+    assert exited.value.code == 2 and f"--model {tmp_path / 'missing'}:" in capsys.readouterr().err

@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, xLSTMConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, xLSTMConfig
 
-from helpers import make_tokenizer, random_ids, tiny_model
+from helpers import make_tokenizer, random_ids, tiny_config, tiny_model
 from test_checkpoints import write_nxai_checkpoint
 from xlstm_hf import XLSTMConfig, XLSTMForCausalLM
 from xlstm_hf.cli import main as cli_main
@@ -196,9 +196,14 @@ def test_cli_generate_and_bench(model_folder):
 
 def test_cli_convert_and_export(model_folder, tmp_path):
     assert cli("convert", model_folder, tmp_path / "fused", "--weight-mode", "fused").returncode == 0
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "fused").config.weight_mode == "fused"
+    fused = AutoModelForCausalLM.from_pretrained(tmp_path / "fused")
+    assert fused.config.weight_mode == "fused"
+    # The source's generated card said plain transformers loads it; the fused checkpoint's says it cannot.
+    assert (tmp_path / "fused" / "README.md").read_text() == model_card(fused) != (model_folder / "README.md").read_text()
     run = cli("export", "--remote-code", tmp_path / "bundle", "--model", model_folder)
     assert run.returncode == 0 and (tmp_path / "bundle" / "modeling_xlstm.py").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "bundle")  # the bundle's card says to load it from there
+    assert tokenizer.get_vocab() == make_tokenizer().get_vocab()
 
 
 def test_converting_a_folder_keeps_its_other_files(model_folder, tmp_path):
@@ -234,3 +239,11 @@ def test_cli_errors_are_clear_and_leave_nothing_behind(tmp_path):
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
     run = cli("generate", "hi", "--model", tmp_path)
     assert run.returncode == 2 and "config.json" in run.stderr
+    (tmp_path / "no_weights").mkdir()
+    tiny_config().save_pretrained(tmp_path / "no_weights")
+    (tmp_path / "bad_config").mkdir()
+    (tmp_path / "bad_config" / "config.json").write_text("{not json")
+    for source in ("no_weights", "bad_config"):
+        run = cli("convert", tmp_path / source, tmp_path / "out")
+        assert run.returncode == 2 and source in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+        assert not (tmp_path / "out").exists()

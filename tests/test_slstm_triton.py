@@ -93,6 +93,58 @@ def test_gradients_equal_float64_autograd_of_the_reference(B, S, NH, DH, dtype, 
         assert (grad - ref).abs().max() / ref.abs().max().clamp_min(1) < tol
 
 
+# Half precision at the head dims users configure: the xLSTM[a:b] stacks' sLSTM (embedding 32-1024 over 2-4 heads:
+# 8-256 dims) and non-powers of two (tiles of 32 / 64 masked past the head). Every recurrent product is a tl.dot of
+# (16 batch rows x BD) by (BD x BD), BD = 16 for heads up to 16 dims: dots as shallow as those that crashed or gave
+# wrong results in the mLSTM kernels on an H200 in 2-byte dtypes. bf16 only on a GPU (the interpreter's bf16 dot is
+# wrong); the CPU runs one fp16 shape.
+HALF_DTYPES = [torch.float16] + [torch.bfloat16] * (DEVICE == "cuda")
+HALF_SHAPES = ([(3, 24, 4, 8), (20, 24, 2, 16), (3, 24, 2, 24), (3, 24, 2, 40), (20, 24, 2, 64), (3, 24, 1, 128),
+                (3, 24, 1, 192), (2, 24, 1, 256)] if DEVICE == "cuda" else [(3, 9, 2, 24)])
+# Three times the worst error of a float64 emulation of the kernels' rounding (h_{t-1} and the gates' gradients
+# rounded to the dtype before the products with R in that dtype, fp32 elsewhere; 3 seeds, these shapes, S up to 64):
+# fp16 1.2e-3, bf16 1.0e-2.
+HALF_TOL = {torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("B, S, NH, DH", HALF_SHAPES)
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("resident", [True, False])
+def test_half_precision_at_small_and_odd_head_dims(dtype, B, S, NH, DH, with_mask, resident):
+    if resident and DH > RESIDENT_HEAD_DIM[dtype]:
+        pytest.skip("too wide for the resident kernels (slstm_triton refuses it)")
+    gates, R, state, mask = make_inputs(B, S, NH, DH)
+    # R as a model in `dtype` holds it (the reference sees the same values), scaled by 1/sqrt(DH) past 16 dims: with
+    # the 0.3 * randn of make_inputs a wide head's recurrence is chaotic: rounding alone moves its gradients by O(1).
+    gates, R = gates.to(dtype).double(), (R * min(1.0, (16 / DH) ** 0.5)).to(dtype).double()
+    mask = mask if with_mask else None
+    tol = HALF_TOL[dtype]
+    to = lambda x, dt: x.to(DEVICE, dt).clone()  # noqa: E731
+
+    # Inference (no state kept for a backward), then training: the forward kernel's two variants.
+    h_ref, final_ref = slstm_recurrent_sequence(gates, R, state, mask)
+    with torch.no_grad():
+        h, final = slstm_triton(to(gates, dtype), to(R, dtype), tuple(to(s, torch.float32) for s in state),
+                                None if mask is None else mask.to(DEVICE), resident=resident)
+    assert h.dtype == dtype and h.shape == h_ref.shape
+    assert (h.double().cpu() - h_ref).abs().max() < tol
+    for ours, ref in zip(final, final_ref):
+        assert ((ours.double().cpu() - ref).abs() / ref.abs().clamp_min(1)).max() < tol
+
+    # A loss on h and the final h only: c and n scale with the stabiliser m, whose max switches branch on a rounding,
+    # so their gradients jump where h's (independent of m) do not.
+    leaves = [to(gates, dtype), to(R, dtype)] + [to(s, torch.float32) for s in state]
+    ref_leaves = [gates, R, *state]
+    leaves, ref_leaves = ([x.requires_grad_() for x in xs] for xs in (leaves, ref_leaves))
+    for fn, xs in ((lambda *a: slstm_triton(*a, resident=resident), leaves), (slstm_recurrent_sequence, ref_leaves)):
+        out, last = fn(xs[0], xs[1], tuple(xs[2:]), None if mask is None else mask.to(xs[0].device))
+        weighted_loss(out, last[:1]).backward()
+    for ours, ref in zip(leaves, ref_leaves):
+        assert ours.grad.dtype == ours.dtype
+        assert (ours.grad.double().cpu() - ref.grad).abs().max() / ref.grad.abs().max().clamp_min(1) < tol
+
+
 def test_a_head_too_wide_for_the_resident_kernels_is_refused():
     gates, R, _, _ = make_inputs(1, 3, 1, RESIDENT_HEAD_DIM[torch.float32] + 1)
     with pytest.raises(ValueError, match="resident=True"):

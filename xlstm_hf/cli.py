@@ -146,6 +146,8 @@ def cmd_convert(args) -> None:
             raise
         raise CommandError(f"{args.source} does not fit --xlstm-large-config {args.xlstm_large_config}: {error}"
                            ) from None
+    except OSError as error:  # no weights, a config.json that is not JSON, an unwritable destination: named in it
+        raise CommandError(str(error)) from None
     print(f"wrote {out}")
 
 
@@ -153,8 +155,12 @@ def cmd_export(args) -> None:
     from .remote_code import export_remote_code
 
     model = _load_model(args.model) if args.model else None
-    out = export_remote_code(args.remote_code, model)
+    local = args.model is not None and Path(args.model).is_dir()
+    out = export_remote_code(args.remote_code, model, args.model if local else None)
     print(f"wrote a remote-code bundle to {out}: load it with trust_remote_code=True")
+    if args.model and not local:
+        print(f"--model {args.model} is not a local folder: its tokenizer is not in the bundle (save it there with "
+              "AutoTokenizer.from_pretrained(...).save_pretrained)", file=sys.stderr)
 
 
 def cmd_bench(args) -> None:
@@ -218,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="write a remote-code bundle (runs without xlstm_hf installed)")
     export.add_argument("--remote-code", required=True, metavar="DIR", help="output folder")
-    export.add_argument("--model", help="also save this model's weights and config there")
+    export.add_argument("--model", help="also save this model there: weights, config and, from a local folder, its "
+                        "other files (tokenizer, ...)")
     export.set_defaults(run=cmd_export)
 
     bench = commands.add_parser("bench", help="prefill and decode speed of a model")
@@ -228,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch", type=positive_int, default=1)
     bench.set_defaults(run=cmd_bench)
 
-    evaluate = commands.add_parser("eval", help="lm-eval with this implementation (arguments go to lm-eval)")
+    evaluate = commands.add_parser("eval", help="lm-eval with this implementation (arguments go to lm-eval)",
+                                   description="lm-eval's command line with `--model xlstm` chosen: `xlstm-hf eval "
+                                   "run --help` lists lm-eval's options.")
     evaluate.add_argument("lm_eval_args", nargs=argparse.REMAINDER)
     evaluate.set_defaults(run=cmd_eval)
     return parser

@@ -72,8 +72,8 @@ def convert_checkpoint(
 ) -> Path:
     """Load a checkpoint (ours, transformers', NX-AI's original layout, or with `xlstm_large_config` an xLSTMLarge
     state-dict file), optionally change weight mode and dtype, and save a clean sharded checkpoint atomically. The
-    other files of a source folder (tokenizer, model card, ...) come along; converting a folder into itself keeps
-    them."""
+    other files of a source folder (tokenizer, model card, ...) come along, except a model card generated for the
+    source's layout (a new one is); converting a folder into itself keeps them."""
     source = Path(source)
     companions, generation_config = [], None
     if xlstm_large_config is not None:
@@ -84,7 +84,7 @@ def convert_checkpoint(
             raise FileNotFoundError(f"no config.json in {source}")
         model = XLSTMForCausalLM.from_pretrained(source, dtype=dtype or "auto")
         config, state_dict, generation_config = model.config, model.state_dict(), model.generation_config
-        companions = [p for p in source.iterdir() if p.is_file() and not WEIGHT_FILE.fullmatch(p.name)]
+        companions = companion_files(source, model)
     target_mode = weight_mode or config.weight_mode
     state_dict = convert_weight_mode(state_dict, config, target_mode)
     new_config = XLSTMConfig.from_dict({**config.to_dict(), "weight_mode": target_mode})
@@ -104,11 +104,32 @@ def convert_checkpoint(
         model.generation_config = generation_config
 
     def write(path: Path) -> None:
-        for file in companions:  # first: a model card among them is kept, not generated anew
-            shutil.copy2(file, path / file.name)
+        copy_files(companions, path)
         model.save_pretrained(path, max_shard_size=max_shard_size)
 
     return save_atomically(destination, write)
+
+
+def companion_files(folder: Path, model: XLSTMForCausalLM) -> list[Path]:
+    """The files of checkpoint `folder` besides its weights (tokenizer, config, generation config, a model card),
+    without a model card `save_pretrained` generated for `model`: that one describes `model`'s layout (weight mode,
+    whether plain transformers loads it), so a converted checkpoint gets its own."""
+    return [p for p in folder.iterdir() if p.is_file() and not WEIGHT_FILE.fullmatch(p.name)
+            and not is_generated_card(p, model)]
+
+
+def copy_files(files: list[Path], folder: Path) -> None:
+    """Copy `files` into `folder`, before a model is saved there: its save replaces what it writes (config.json) and
+    keeps a model card that is there."""
+    for file in files:
+        shutil.copy2(file, folder / file.name)
+
+
+def is_generated_card(path: Path, model: XLSTMForCausalLM) -> bool:
+    """Whether `path` is the model card `save_pretrained` generated for `model`."""
+    from .hub import model_card  # the hub module builds on the modeling one
+
+    return path.name == "README.md" and path.read_text(encoding="utf-8", errors="replace") == model_card(model)
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:

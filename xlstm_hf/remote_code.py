@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+from .conversion import companion_files, copy_files
 from .training import save_atomically, write_atomically
 
 PACKAGE = Path(__file__).resolve().parent
@@ -48,14 +49,17 @@ def flatten(source: str) -> str:
     )
 
 
-def export_remote_code(folder: str | Path, model=None) -> Path:
+def export_remote_code(folder: str | Path, model=None, model_folder: str | Path | None = None) -> Path:
     """Write the code into `folder` and `auto_map` into its config.json. With a model, the model is saved there
-    too, the folder written atomically (`save_atomically`). Without one, the folder's other files (weights,
-    tokenizer, `.git`, ...) stay as they are, and each file written replaces its old version atomically."""
+    too, the folder written atomically (`save_atomically`), with the other files of its checkpoint folder
+    `model_folder` (tokenizer, ...; see `conversion.companion_files`). Without one, the folder's other files (weights, tokenizer,
+    `.git`, ...) stay as they are, and each file written replaces its old version atomically."""
     folder = Path(folder)
 
     def write(path: Path) -> None:
         if model is not None:
+            if model_folder is not None:
+                copy_files(companion_files(Path(model_folder), model), path)
             model.save_pretrained(path)
         for source, name in FILES.items():
             write_atomically(path / name, flatten((PACKAGE / source).read_text(encoding="utf-8")))

@@ -117,7 +117,7 @@ def run(model: str, batch_size: str = "auto", dtype: str = "bfloat16", device: s
 
 
 def main(argv=None) -> None:
-    from .lm_eval_model import add_run_arguments
+    from .lm_eval_model import add_run_arguments, evaluate_into, output_folder
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -133,9 +133,9 @@ def main(argv=None) -> None:
             parser.error(f"--from-results {args.from_results}: {error}")
         results = results.get("results", results) if isinstance(results, dict) else {}
     else:
-        results = run(args.model, args.batch_size, args.dtype, args.device, args.kernels, args.limit)
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(args.output_dir) / "lm_eval_results.json").write_text(json.dumps(results, indent=1, default=str))
+        folder = output_folder(parser, args.output_dir)
+        results = evaluate_into(parser, folder, args.model, lambda: run(
+            args.model, args.batch_size, args.dtype, args.device, args.kernels, args.limit))
     source = f"--from-results {args.from_results}" if args.from_results else f"the results of --model {args.model}"
     try:
         scores = leaderboard_scores(results)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from lm_eval.api.registry import register_model
@@ -24,30 +25,67 @@ from ..training import write_atomically
 RECURRENT_MAX_LENGTH = 1 << 20
 
 
+class CheckpointNotLoaded(OSError):
+    """`pretrained` could not be loaded; `reason` is transformers' message (the runners name their `--model`)."""
+
+    def __init__(self, pretrained: str, reason: Exception):
+        super().__init__(f"pretrained={pretrained}: {reason}")
+        self.reason = reason
+
+
 @register_model("xlstm")
 class XLSTMLM(HFLM):
     """lm-eval model for xLSTM checkpoints. Model args: `pretrained` (folder or Hub id), `kernels` (torch, triton,
-    auto), `max_length` (default 2**20), and HFLM's own (`dtype`, `device`, `batch_size`, ...)."""
+    auto), `max_length` (default 2**20), and HFLM's own (`dtype`, `device`, `batch_size`, `peft`, ...)."""
 
     def __init__(self, pretrained: str, kernels: str | None = None, max_length: int | None = None, **kwargs):
         if kernels is not None:
             xlstm_hf.set_kernel_backend(kernels)
+        self._longest_request = None
         try:
             super().__init__(pretrained=pretrained, backend="causal", max_length=max_length or RECURRENT_MAX_LENGTH,
                              **kwargs)
         except OSError as error:  # transformers' message may not name the model (e.g. "couldn't connect")
-            raise OSError(f"pretrained={pretrained}: {error}") from error
-        if not isinstance(self.model, xlstm_hf.XLSTMForCausalLM):
-            raise TypeError(f"{pretrained} loaded as {type(self.model).__name__}, not an xLSTM checkpoint")
+            raise CheckpointNotLoaded(pretrained, error) from error
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # `peft=`
+        if not isinstance(base, xlstm_hf.XLSTMForCausalLM):
+            raise TypeError(f"{pretrained} loaded as {type(base).__name__}, not an xLSTM checkpoint")
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        if self.batch_size == "auto":
+            self._longest_request = max((len(self.tok_encode(r.args[0])) + r.args[1].get("max_gen_toks",
+                                         self.max_gen_toks) for r in requests), default=1)
+        return super().generate_until(requests, disable_tqdm)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        if self.batch_size == "auto":
+            self._longest_request = max((len(self.tok_encode(r.args[0])) + 1 for r in requests), default=1)
+        return super().loglikelihood_rolling(requests, disable_tqdm)
+
+    def _detect_batch_size(self, requests=None, pos: int = 0) -> int:
+        """HFLM's batch-size search, which without requests tries rows of `max_length` tokens: 2**20 here, where no
+        batch fits. Those rows are as long as the longest request instead (kept by `generate_until` and
+        `loglikelihood_rolling`)."""
+        if requests or self._longest_request is None:
+            return super()._detect_batch_size(requests, pos)
+        max_length = self._max_length
+        self._max_length = min(max_length, self._longest_request)
+        try:
+            return super()._detect_batch_size()
+        finally:
+            self._max_length = max_length
 
 
 def run_lm_eval_cli(argv: list[str]) -> None:
-    """lm-eval's command line with the `xlstm` model registered (and chosen, unless `--model` is given)."""
+    """lm-eval's command line with the `xlstm` model registered (and chosen for `run`, lm-eval's default command,
+    unless `--model` is given)."""
     from lm_eval.__main__ import cli_evaluate
 
     argv = list(argv)
-    if "--model" not in argv:
-        argv = ["--model", "xlstm", *argv]
+    chooses_model = any(arg == "--model" or arg.startswith("--model=") for arg in argv)
+    if not chooses_model and argv[:1] not in (["ls"], ["validate"]):
+        at = 1 if argv[:1] == ["run"] else 0
+        argv[at:at] = ["--model", "xlstm"]
     sys.argv = ["lm-eval", *argv]
     cli_evaluate()
 
@@ -68,6 +106,28 @@ def evaluate(model: str, tasks: list[str], dtype: str = "bfloat16", kernels: str
     output = simple_evaluate(model="xlstm", model_args=f"pretrained={model},dtype={dtype},kernels={kernels}",
                              tasks=tasks, **kwargs)
     return output["results"]
+
+
+def output_folder(parser: argparse.ArgumentParser, path: str) -> Path:
+    """A runner's `--output-dir`, made before the evaluation: a path that cannot be a folder fails in a second,
+    not after hours of evaluation whose results would have nowhere to go."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--output-dir {path}: {error}")
+    return folder
+
+
+def evaluate_into(parser: argparse.ArgumentParser, folder: Path, model: str, evaluation: Callable[[], dict]) -> dict:
+    """`evaluation()`'s lm-eval results, saved as `folder`/lm_eval_results.json before a report is made of them. A
+    checkpoint that does not load is a usage error naming `--model`."""
+    try:
+        results = evaluation()
+    except CheckpointNotLoaded as error:
+        parser.error(f"--model {model}: {error.reason}")
+    write_atomically(folder / "lm_eval_results.json", json.dumps(results, indent=1, default=str) + "\n")
+    return results
 
 
 def write_report(folder: str | Path, stem: str, title: str, markdown: str, data: dict) -> tuple[Path, Path]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import re
 from pathlib import Path
 
@@ -82,8 +81,9 @@ def ruler_report(results: dict, lengths=LENGTHS, skipped: dict | None = None) ->
     """Per task and length accuracy (%) from lm-eval's `results["results"]`, the average per length, the paper's."""
     per_task = {}
     for task, metrics in results.items():
+        # lm-eval reports -1 for a length none of whose samples ran (e.g. with --limit); nan is dropped too.
         scores = {int(k.split(",")[0]): float(v) * 100 for k, v in metrics.items()
-                  if k.split(",")[0].isdigit() and isinstance(v, (int, float)) and not math.isnan(float(v))}
+                  if k.split(",")[0].isdigit() and isinstance(v, (int, float)) and float(v) >= 0}
         if scores and task != "ruler":
             per_task[task] = scores
     average = {n: sum(s[n] for s in per_task.values() if n in s) / sum(n in s for s in per_task.values())
@@ -125,7 +125,7 @@ def run(model: str, tasks: list[str], lengths=LENGTHS, batch_size: str = "1", dt
 
 
 def main(argv=None) -> None:
-    from .lm_eval_model import add_run_arguments
+    from .lm_eval_model import add_run_arguments, evaluate_into, output_folder
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (its tokenizer sizes prompts)")
@@ -137,11 +137,12 @@ def main(argv=None) -> None:
     parser.add_argument("--hotpot", help="local HotpotQA dev (distractor) JSON")
     add_run_arguments(parser, batch_size="1")
     args = parser.parse_args(argv)
+    folder = output_folder(parser, args.output_dir)
     tasks, skipped = select_tasks(args.essays, args.squad, args.hotpot)
     with local_files(args.essays, args.squad, args.hotpot):
-        results = run(args.model, tasks, args.lengths, args.batch_size, args.dtype, args.device, args.kernels,
-                      args.limit)
-    md, _ = write_report(ruler_report(results, args.lengths, skipped), args.output_dir)
+        results = evaluate_into(parser, folder, args.model, lambda: run(
+            args.model, tasks, args.lengths, args.batch_size, args.dtype, args.device, args.kernels, args.limit))
+    md, _ = write_report(ruler_report(results, args.lengths, skipped), folder)
     print(md.read_text())
 
 
