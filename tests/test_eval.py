@@ -223,8 +223,9 @@ def test_lm_eval_subcommands_reach_lm_eval_with_our_model(monkeypatch):
 
     seen = []
     monkeypatch.setattr(HarnessCLI, "execute", lambda self, args: seen.append(args))
-    for argv, command, model in ((["--tasks", "t"], "run", "xlstm"), (["run", "--tasks", "t"], "run", "xlstm"),
-                                 (["run", "--model", "hf", "--tasks", "t"], "run", "hf"), (["ls", "tasks"], "ls", None)):
+    cases = ((["--tasks", "t"], "run", "xlstm"), (["run", "--tasks", "t"], "run", "xlstm"),
+             (["run", "--model", "hf", "--tasks", "t"], "run", "hf"), (["ls", "tasks"], "ls", None))
+    for argv, command, model in cases:
         run_lm_eval_cli(argv)
         assert seen[-1].command == command and getattr(seen[-1], "model", None) == model, argv
 

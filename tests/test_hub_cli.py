@@ -199,7 +199,8 @@ def test_cli_convert_and_export(model_folder, tmp_path):
     fused = AutoModelForCausalLM.from_pretrained(tmp_path / "fused")
     assert fused.config.weight_mode == "fused"
     # The source's generated card said plain transformers loads it; the fused checkpoint's says it cannot.
-    assert (tmp_path / "fused" / "README.md").read_text() == model_card(fused) != (model_folder / "README.md").read_text()
+    card = (tmp_path / "fused" / "README.md").read_text()
+    assert card == model_card(fused) != (model_folder / "README.md").read_text()
     run = cli("export", "--remote-code", tmp_path / "bundle", "--model", model_folder)
     assert run.returncode == 0 and (tmp_path / "bundle" / "modeling_xlstm.py").is_file()
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "bundle")  # the bundle's card says to load it from there

@@ -52,8 +52,8 @@ def flatten(source: str) -> str:
 def export_remote_code(folder: str | Path, model=None, model_folder: str | Path | None = None) -> Path:
     """Write the code into `folder` and `auto_map` into its config.json. With a model, the model is saved there
     too, the folder written atomically (`save_atomically`), with the other files of its checkpoint folder
-    `model_folder` (tokenizer, ...; see `conversion.companion_files`). Without one, the folder's other files (weights, tokenizer,
-    `.git`, ...) stay as they are, and each file written replaces its old version atomically."""
+    `model_folder` (tokenizer, ...; see `conversion.companion_files`). Without one, the folder's other files
+    (weights, tokenizer, `.git`, ...) stay as they are, and each file written replaces its old version atomically."""
     folder = Path(folder)
 
     def write(path: Path) -> None:
