@@ -35,7 +35,8 @@ def per_call_us(calls) -> float:
     """Median µs of one of `calls` (a list of COPIES closures), replayed from a CUDA graph."""
     from triton.testing import do_bench_cudagraph
 
-    return do_bench_cudagraph(lambda: [call() for call in calls], rep=100) / len(calls) * 1000
+    timed = do_bench_cudagraph(lambda: [call() for call in calls], rep=100, return_mode="median")
+    return timed / len(calls) * 1000
 
 
 def projections(batch: int):

@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="time the mLSTM layer's inference prefill around the cell, fused against separate "
                              "kernels, at each S and chunk size (--chunk-sizes) and under other tilings, then stop")
     parser.add_argument("--skip", nargs="*", default=[], metavar="TEXT",
-                        help="skip the sequence variants whose name contains TEXT (e.g. xl_chunk)")
+                        help="skip the variants (sequence, SDPA, step) whose name contains TEXT (e.g. xl_chunk)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # internal: time one variant in this process
     return parser.parse_args(argv)
@@ -102,6 +102,9 @@ def time_variant(args, name: str) -> list[dict]:
     return rows
 
 
+SDPA = "SDPA flash, Llama-2 layer"
+
+
 def time_sdpa(args) -> list[dict]:
     """A Llama-2-7B attention layer: 32 heads of 128, causal, the flash kernel."""
     rows = []
@@ -110,7 +113,7 @@ def time_sdpa(args) -> list[dict]:
                    for _ in range(3))
         sdpa = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
-            row = dict(kind="sequence", name="SDPA flash, Llama-2 layer", S=S, fw_ms=bench(sdpa))
+            row = dict(kind="sequence", name=SDPA, S=S, fw_ms=bench(sdpa))
             if not args.no_backward:
                 grad = torch.randn_like(q)
                 row["fwbw_ms"] = bench(lambda: sdpa().backward(grad), grad_to_none=[q, k, v])
@@ -121,7 +124,7 @@ def time_sdpa(args) -> list[dict]:
 def time_sequence(args, argv) -> list[dict]:
     rows = []
     for name in sequence_variants(args):
-        if any(text in name for text in args.skip):
+        if skipped(args, name):
             continue
         run = subprocess.run([sys.executable, __file__, *argv, "--only", name], capture_output=True, text=True)
         if run.returncode:
@@ -132,8 +135,12 @@ def time_sequence(args, argv) -> list[dict]:
         for line in run.stdout.splitlines():
             rows.append(json.loads(line))
             print(line, flush=True)
-    rows += time_sdpa(args)
+    rows += [] if skipped(args, SDPA) else time_sdpa(args)
     return rows
+
+
+def skipped(args, name: str) -> bool:
+    return any(text in name for text in args.skip)
 
 
 def profile_ours(args) -> None:
@@ -184,7 +191,7 @@ def time_step(args) -> list[dict]:
             print(f"mlstm_kernels step not usable here: {error!r}", file=sys.stderr)
         from triton.testing import do_bench_cudagraph
 
-        for name, fn in variants.items():
+        for name, fn in ((name, fn) for name, fn in variants.items() if not skipped(args, name)):
             # Replayed from a CUDA graph, as the decode loop runs it: the GPU's time, not Python's launch overhead.
             row = dict(kind="step", name=name, B=B, us=1000 * do_bench_cudagraph(fn, rep=100, return_mode="median"),
                        eager_us=1000 * bench(fn))

@@ -1,5 +1,6 @@
-"""PNG plots of `benchmarks/generation.py` results (one or more JSON files, merged): time to first token and decode
-speed against the prompt length, prefill throughput by batch shape, and peak memory while generating.
+"""PNG plots of `benchmarks/generation.py` results (one or more JSON files, merged; a point measured in several, the
+median): time to first token and decode speed against the prompt length, prefill throughput by batch shape, and peak
+memory while generating.
 
     python benchmarks/plots.py docs/results/generation_*.json --out docs/img
 
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 from collections import defaultdict
 
 
@@ -32,11 +35,13 @@ def load(paths: list[str]) -> tuple[list[dict], set[str]]:
 
 
 def by_variant(rows: list[dict], suite: str, key: str) -> dict[str, list[tuple]]:
-    series = defaultdict(list)
+    """(prompt, value) points of each variant, sorted; a prompt measured in several of the files, the median."""
+    series = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r["suite"] == suite and r.get(key) is not None:  # None: not measured (a first-token-only run)
-            series[r["variant"]].append((max(r["prompt"], 1), r[key]))
-    return {name: sorted(points) for name, points in series.items()}
+            series[r["variant"]][max(r["prompt"], 1)].append(r[key])
+    return {name: sorted((prompt, statistics.median(values)) for prompt, values in points.items())
+            for name, points in series.items()}
 
 
 FIGSIZE = (6.4, 5.0)  # inches; the height leaves room for the legend under the axes
@@ -90,10 +95,11 @@ def main(argv=None) -> None:
         for n, variant in enumerate(variants):
             values = {(r["batch"], r["prompt"]): r["batch"] * r["prompt"] * 1000 / r["ttft_ms"]
                       for r in prefill if r["variant"] == variant}
-            ax.bar([i + n * width for i in range(len(shapes))], [values.get(s, 0) / 1000 for s in shapes], width,
-                   label=variant, color=colour[variant])
+            # A shape the variant did not run (out of memory) has no bar, not a bar of 0.
+            ax.bar([i + n * width for i in range(len(shapes))], [values.get(s, math.nan) / 1000 for s in shapes],
+                   width, label=variant, color=colour[variant])
         ax.set_xticks([i + width * (len(variants) - 1) / 2 for i in range(len(shapes))],
-                      [f"{b} x {p // 1024}K" for b, p in shapes])
+                      [f"{b} x {p // 1024}K" if p >= 1024 else f"{b} x {p}" for b, p in shapes])
         ax.set(ylabel="prefill, thousand tokens/s", title=f"65,536 tokens a batch ({where})")
         save(fig, ax, os.path.join(args.out, "prefill.png"))
 

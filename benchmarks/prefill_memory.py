@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from xlstm_hf.arguments import positive_int
+
 PRESETS = {
     "small": dict(vocab_size=50304, hidden_size=256, num_hidden_layers=4, num_heads=4),
     "7b": dict(),  # XLSTMConfig's defaults are the 7B
@@ -27,8 +29,10 @@ PRESETS = {
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small", help="model size (default: small)")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072], help="prompt lengths")
-    parser.add_argument("--segment", type=int, default=16384, help="prefill segment (max_inference_chunksize)")
+    parser.add_argument("--lengths", type=positive_int, nargs="+", default=[8192, 32768, 131072],
+                        help="prompt lengths")
+    parser.add_argument("--segment", type=positive_int, default=16384,
+                        help="prefill segment (max_inference_chunksize)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one length in this process
@@ -37,14 +41,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def measure(args: argparse.Namespace, length: int) -> dict:
     import torch
+    from results import made_in
 
     from xlstm_hf import XLSTMConfig, XLSTMForCausalLM
 
     torch.manual_seed(0)
     config = XLSTMConfig(**PRESETS[args.preset], max_inference_chunksize=args.segment)
-    dtype = getattr(torch, args.dtype)
-    with torch.device(args.device):
-        model = XLSTMForCausalLM(config).to(dtype).eval()
+    with made_in(getattr(torch, args.dtype), args.device):  # a float32 copy first would set the CPU's peak (RSS)
+        model = XLSTMForCausalLM(config).eval()
     ids = torch.randint(0, config.vocab_size, (1, length), device=args.device)
     cuda = args.device.startswith("cuda")
     if cuda:
@@ -79,7 +83,10 @@ def main(argv=None) -> None:
         # glibc keeps freed heap pages, so the CPU's peak RSS would also count fragmentation: large blocks go to
         # mmap instead (returned on free), and the peak then shows what is live at once.
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-        run = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+        run = subprocess.run(command, capture_output=True, text=True, env=env)
+        if run.returncode:
+            reason = run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit status {run.returncode}"
+            raise SystemExit(f"prompt of {length} tokens: {reason}")
         result = json.loads(run.stdout.splitlines()[-1])
         print(f"{result['length']:>8} {result['seconds']:>8.2f} {result['peak_gib']:>9.3f} {result['growth_gib']:>11.3f}")
 

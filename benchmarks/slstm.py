@@ -22,18 +22,20 @@ from collections.abc import Callable
 import results
 import torch
 
+from xlstm_hf.arguments import positive_int
+
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--lengths", type=positive_int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--batch", type=positive_int, default=16)
+    parser.add_argument("--heads", type=positive_int, default=4)
+    parser.add_argument("--head-dim", type=positive_int, default=64)
     parser.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
-    parser.add_argument("--variants", nargs="+", default=["xlstm_hf_triton", "xlstm_hf_torch", "xlstm_cuda",
-                                                          "xlstm_vanilla"])
+    variants = ["xlstm_hf_triton", "xlstm_hf_torch", "xlstm_cuda", "xlstm_vanilla"]
+    parser.add_argument("--variants", nargs="+", default=variants, choices=variants)
     parser.add_argument("--tiny", action="store_true", help="small sizes on the CPU, PyTorch variants only")
     parser.add_argument("--out", help="write the results as JSON here")
     return parser.parse_args(argv)

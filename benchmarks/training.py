@@ -23,6 +23,8 @@ import time
 import results
 import torch
 
+from xlstm_hf.arguments import positive_int
+
 VARIANTS = ["xlstm_hf", "transformers_xlstm"]
 SETUPS = {
     "full_1.3b": dict(size=dict(hidden_size=2048, num_hidden_layers=24, num_heads=4), lora=False, batch=4),
@@ -35,8 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
-    parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps (after 2 untimed ones)")
+    parser.add_argument("--seq-len", type=positive_int, default=2048)
+    parser.add_argument("--steps", type=positive_int, default=5, help="timed optimizer steps (after 2 untimed ones)")
     parser.add_argument("--tiny", action="store_true", help="small configs on the CPU (no timing claims)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # internal: "variant/setup" in this process
@@ -46,24 +48,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build(variant: str, setup: dict, tiny: bool, device: str) -> torch.nn.Module:
     """The model of `variant` for `setup`, on `device`: fp32 for full training, bf16 weights under LoRA."""
     size = TINY if tiny else setup["size"]
-    dtype = torch.bfloat16 if setup["lora"] and not tiny else torch.float32
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            if variant == "xlstm_hf":
-                from xlstm_hf import XLSTMConfig, XLSTMForCausalLM
+    with results.made_in(torch.bfloat16 if setup["lora"] and not tiny else torch.float32, device):
+        if variant == "xlstm_hf":
+            from xlstm_hf import XLSTMConfig, XLSTMForCausalLM
 
-                model = XLSTMForCausalLM(XLSTMConfig(**size, use_cache=False))
-            else:
-                from transformers import xLSTMConfig, xLSTMForCausalLM
-                from transformers.utils import is_xlstm_available
+            model = XLSTMForCausalLM(XLSTMConfig(**size, use_cache=False))
+        else:
+            from transformers import xLSTMConfig, xLSTMForCausalLM
+            from transformers.utils import is_xlstm_available
 
-                kernels = {} if tiny or not is_xlstm_available() else dict(
-                    chunkwise_kernel="chunkwise--triton_limit_chunk", mode="train")
-                model = xLSTMForCausalLM(xLSTMConfig(**size, **kernels, use_cache=False))
-    finally:
-        torch.set_default_dtype(default)
+            kernels = {} if tiny or not is_xlstm_available() else dict(
+                chunkwise_kernel="chunkwise--triton_limit_chunk", mode="train")
+            model = xLSTMForCausalLM(xLSTMConfig(**size, **kernels, use_cache=False))
     if setup["lora"]:
         from peft import LoraConfig, get_peft_model
 

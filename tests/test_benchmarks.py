@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from helpers import run_script, script_help
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,10 +47,50 @@ def test_generation_benchmark_tiny(tmp_path):
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_generation_benchmark_refuses_negative_samples():
-    for option, value in (("--ttft-samples", "-1"), ("--ttft-pause", "-0.5")):
-        code, _, err = run_script(ROOT / "benchmarks" / "generation.py", option, value)
+def test_generation_benchmark_refuses_bad_arguments():
+    for option, value in (("--ttft-samples", "-1"), ("--ttft-pause", "-0.5"), ("--new-tokens", "0"),
+                          ("--batch-size", "0"), ("--max-prompt", "xlstm_hf"), ("--max-prompt", "xlstm_hf=abc"),
+                          ("--decode-max-prompt", "llama=2048")):
+        code, _, err = run_script(ROOT / "benchmarks" / "generation.py", "--tiny", option, value)
         assert code == 2 and f"argument {option}: " in err and value in err, err
+    code, _, err = run_script(ROOT / "benchmarks" / "generation.py", "--tiny", "--only-profile")
+    assert code == 2 and "--only-profile needs --profile" in err, err
+
+
+def test_a_variant_that_dies_after_some_rows_is_reported(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import results
+
+    child = tmp_path / "child.py"
+    child.write_text('import json, os\nprint(json.dumps({"suite": "latency", "variant": "v"}), flush=True)\n'
+                     "os.abort()  # as a compiler abort or the out-of-memory killer would end it\n")
+    rows = results.run_isolated(str(child), [], "v")
+    assert rows[0] == {"suite": "latency", "variant": "v"} and rows[1]["suite"] == "all" and "exit status" in rows[1][
+        "error"]
+
+
+def test_plots_take_the_median_of_a_point_measured_twice():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from plots import by_variant
+
+    rows = [dict(suite="latency", variant="a", prompt=p, ttft_ms=t) for p, t in ((2048, 3.0), (0, 1.0), (2048, 5.0),
+                                                                                 (2048, 4.5))]
+    assert by_variant(rows, "latency", "ttft_ms") == {"a": [(1, 1.0), (2048, 4.5)]}
+
+
+def test_prefill_memory_in_half_precision_and_a_failed_length(tmp_path):
+    """The CPU's peak resident set counted a float32 copy of the model made before its cast: a bf16 prefill's growth
+    read 0. A length that fails says why."""
+    script = ROOT / "benchmarks" / "prefill_memory.py"
+    run = subprocess.run([sys.executable, str(script), "--lengths", "2048", "--segment", "1024", "--dtype", "bfloat16"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    length, seconds, peak, growth = run.stdout.splitlines()[-1].split()
+    assert length == "2048" and float(growth) > 0.005, run.stdout
+    if not torch.cuda.is_available():
+        run = subprocess.run([sys.executable, str(script), "--lengths", "64", "--device", "cuda"], capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 1 and "prompt of 64 tokens: " in run.stderr and "Traceback" not in run.stderr
 
 
 def test_benchmarks_have_help():
