@@ -94,7 +94,7 @@ def test_prefill_memory_in_half_precision_and_a_failed_length(tmp_path):
 
 
 def test_benchmarks_have_help():
-    for script in ("generation.py", "kernels.py", "decode_layer.py", "prefill_memory.py", "training.py", "plots.py",
+    for script in ("generation.py", "mlstm_cell.py", "decode_layer.py", "prefill_memory.py", "training.py", "plots.py",
                    "slstm.py", "gemm_power.py"):
         assert "usage:" in script_help(ROOT / "benchmarks" / script), script
 

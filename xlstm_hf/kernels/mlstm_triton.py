@@ -469,7 +469,7 @@ class Tiling:
     """Block sizes and launch settings. `state_*`: the recurrent kernels (forward and backward; `bw_state_warps` and
     `bw_state_stages` the backward's), `out_*`: the forward's output kernel, `grad_*`: the dq/dk/dv kernels,
     `gate_block`: the positions per step of the gate-gradient scan. Block sizes are capped to the head dims, down to
-    64 (`_fit`). The defaults are the fastest of `benchmarks/kernels.py --sweep` at the 7B's shapes on an H100 (S 8K
+    64 (`_fit`). The defaults are the fastest of `benchmarks/mlstm_cell.py --sweep` at the 7B's shapes on an H100 (S 8K
     and 32K; docs/benchmarks.md), in bf16, except `state_warps` and `state_stages`: 8 and 3 from sweeps on an H200
     (4 and 2 on the H100); the launches use `for_dtype`.
     """

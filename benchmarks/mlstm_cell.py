@@ -5,10 +5,10 @@ triton_xl_chunk) when it imports and torch SDPA flash attention of a Llama-2-7B 
 then the fused recurrent step at several batch sizes against mlstm_kernels' Triton step and the PyTorch reference.
 Median times from `triton.testing.do_bench`. Needs a CUDA GPU.
 
-    python benchmarks/kernels.py --help
-    python benchmarks/kernels.py --out results/kernels.json
-    python benchmarks/kernels.py --prefill --lengths 2048 16384      # the inference prefill's fusions and tilings
-    python benchmarks/kernels.py --prefill --lengths 2048 --chunk-sizes 64 128 256
+    python benchmarks/mlstm_cell.py --help
+    python benchmarks/mlstm_cell.py --out results/kernels.json
+    python benchmarks/mlstm_cell.py --prefill --lengths 2048 16384      # the inference prefill's fusions and tilings
+    python benchmarks/mlstm_cell.py --prefill --lengths 2048 --chunk-sizes 64 128 256
 """
 
 from __future__ import annotations
@@ -326,7 +326,7 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/kernels.py needs a CUDA GPU")
+        raise SystemExit("benchmarks/mlstm_cell.py needs a CUDA GPU")
     if args.only:
         for row in time_variant(args, args.only):
             print(json.dumps(row), flush=True)
