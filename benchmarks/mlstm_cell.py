@@ -24,16 +24,19 @@ import results
 import torch
 import torch.nn.functional as F
 
+from xlstm_hf.arguments import at_least, positive_int
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--dqk", type=int, default=256)
-    parser.add_argument("--dv", type=int, default=512)
-    parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[128], help="our kernels' chunk sizes to time")
-    parser.add_argument("--step-batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--lengths", type=positive_int, nargs="+", default=[2048, 8192, 32768])
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument("--heads", type=positive_int, default=8)
+    parser.add_argument("--dqk", type=positive_int, default=256)
+    parser.add_argument("--dv", type=positive_int, default=512)
+    parser.add_argument("--chunk-sizes", type=at_least(16), nargs="+", default=[128],
+                        help="our kernels' chunk sizes to time (powers of two)")
+    parser.add_argument("--step-batches", type=positive_int, nargs="+", default=[1, 32])
     parser.add_argument("--no-backward", action="store_true", help="forward only")
     parser.add_argument("--profile", action="store_true", help="per-kernel times of our fw+bw at each S, then stop")
     parser.add_argument("--sweep", action="store_true",

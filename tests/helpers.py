@@ -135,6 +135,9 @@ def make_tokenizer():
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KERNEL_DTYPES = [torch.bfloat16] if DEVICE == "cuda" else [torch.float32, torch.float16]  # interpreter: no bf16 dot
+# Small-shape checks in every dtype the kernels take, bf16 only on a GPU (the interpreter's bf16 dot is wrong).
+HALF_DTYPES = [torch.float16] + [torch.bfloat16] * (DEVICE == "cuda")
+ALL_DTYPES = [torch.float32, *HALF_DTYPES]
 
 
 def close(ours: torch.Tensor, ref: torch.Tensor, steps: float = 1.0) -> None:

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import xlstm_hf
-from helpers import DEVICE, KERNEL_DTYPES, close, perturb_gates, random_ids, randn, tiny_model
+from helpers import (ALL_DTYPES, DEVICE, HALF_DTYPES, KERNEL_DTYPES, close, perturb_gates, random_ids, randn,
+                     tiny_model)
 from xlstm_hf.kernels import mlstm_recurrent_step, pad_gates
 from xlstm_hf.modeling_xlstm import soft_cap
 
@@ -66,7 +67,6 @@ def test_errors_name_the_bad_argument():
 # GEMV's row tile changes (BM = 16 up to 16 rows, 32 up to 32, then 64; the gated form's weight tile doubles past 16
 # rows), and at the projections of small models (hidden 64-192: inputs narrower than one weight tile of 128 / 256,
 # outputs not a multiple of its 32 / 64 rows). The CPU runs one row count of the two dtypes it has.
-ALL_DTYPES = [torch.float32, torch.float16] + [torch.bfloat16] * (DEVICE == "cuda")
 TILE_ROWS = [16, 17, 32, 64] if DEVICE == "cuda" else [17]
 
 
@@ -85,9 +85,6 @@ def test_small_projections_at_every_row_tile_and_dtype(dtype, rows, width, out, 
         close(decode.skinny_linear(x, weight, residual=residual), residual + F.linear(x, weight))
     else:
         close(decode.skinny_linear(x, weight, bias), F.linear(x, weight, bias))
-
-
-HALF_DTYPES = [torch.float16] + [torch.bfloat16] * (DEVICE == "cuda")  # the interpreter's bf16 dot is wrong
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)

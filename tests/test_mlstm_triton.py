@@ -9,6 +9,8 @@ import dataclasses
 import pytest
 import torch
 
+from helpers import HALF_DTYPES
+
 pytest.importorskip("triton")
 
 from xlstm_hf.kernels import mlstm_recurrent_sequence, mlstm_recurrent_step  # noqa: E402
@@ -106,7 +108,7 @@ def test_chunkwise_float16():
     check_against_reference(1, 2, 50, 32, 32, torch.float16, 16, with_state=True, tol=2e-2)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16] + [torch.bfloat16] * GPU)  # the interpreter's bf16 dot is wrong
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("S", [5, 17, 40, 64, 128])  # chunks of 16, 32, 64 and 128
 @pytest.mark.parametrize("DQK, DV", [(16, 32), (32, 64)])
 def test_small_heads_in_half_precision(DQK, DV, S, dtype):
@@ -166,6 +168,28 @@ def test_prefill_fuses_the_gate_soft_cap_padding_and_head_norm(with_state, cap, 
 def test_prefill_head_norm_after_the_kernel_when_its_tile_is_narrower_than_v():
     narrow = dataclasses.replace(TILING, out_bv=16)  # v has 32 dims: the epilogue cannot see a whole head
     check_prefill(2, 2, 40, 16, 32, torch.float32, True, 15.0, True, 5e-4, tiling=narrow)
+
+
+# The prefill's fused head norm and output gate (`_head_norm`, `_output_gate` in the mLSTM output kernel's epilogue)
+# at the head dims of small models (hidden 64-256 over 2-4 heads, and non-powers of two: tiles of 64 masked past the
+# head) in 2-byte dtypes, at lengths that give each chunk length (16: up to 16 positions, 32, 64, 128, and several
+# chunks with a tail); also the cell's output alone, as the xLSTM[a:b] stacks' mLSTM layers take it in inference.
+# Against the float64 recurrence followed by the same ops in float64 (`check_prefill`). The CPU runs fp16 at two
+# shapes (chunks of 32 and 64); bf16 only on a GPU (the interpreter's bf16 dot is wrong).
+# Tolerances: at all these shapes the interpreter's fp16 was at most 2.1e-3 off (the output; the state 3.6e-4); bf16
+# rounds 8 times coarser.
+PREFILL_TOL = {torch.float16: 1e-2, torch.bfloat16: 4e-2}
+SMALL_PREFILLS = ([(DQK, DV, S) for DQK, DV in ((16, 32), (24, 40), (32, 64))
+                   for S in (5, 16, 17, 40, 64, 128, 300)] if GPU else [(16, 32, 17), (24, 40, 40)])
+PREFILL_VARIANTS = ([(15.0, True, False), (15.0, True, True), (None, False, True)] if GPU
+                    else [(15.0, True, True)])  # (cap, norm, with_state)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("DQK, DV, S", SMALL_PREFILLS)
+@pytest.mark.parametrize("cap, norm, with_state", PREFILL_VARIANTS)
+def test_prefill_head_norm_epilogue_at_small_heads_in_half_precision(dtype, DQK, DV, S, cap, norm, with_state):
+    check_prefill(2, 2, S, DQK, DV, dtype, with_state, cap, norm, PREFILL_TOL[dtype])
 
 
 @pytest.mark.skipif(not GPU, reason="7B shapes in bf16 need the GPU (the interpreter's bf16 dot is wrong)")

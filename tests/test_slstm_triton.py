@@ -7,7 +7,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 import xlstm_hf  # noqa: E402
-from helpers import left_pad, random_ids  # noqa: E402
+from helpers import HALF_DTYPES, left_pad, random_ids  # noqa: E402
 from test_xlstm_stack import VOCAB, tiny_stack  # noqa: E402
 from xlstm_hf.kernels import backend  # noqa: E402
 from xlstm_hf.kernels.slstm_torch import slstm_recurrent_sequence  # noqa: E402
@@ -98,7 +98,6 @@ def test_gradients_equal_float64_autograd_of_the_reference(B, S, NH, DH, dtype, 
 # (16 batch rows x BD) by (BD x BD), BD = 16 for heads up to 16 dims: dots as shallow as those that crashed or gave
 # wrong results in the mLSTM kernels on an H200 in 2-byte dtypes. bf16 only on a GPU (the interpreter's bf16 dot is
 # wrong); the CPU runs one fp16 shape.
-HALF_DTYPES = [torch.float16] + [torch.bfloat16] * (DEVICE == "cuda")
 HALF_SHAPES = ([(3, 24, 4, 8), (20, 24, 2, 16), (3, 24, 2, 24), (3, 24, 2, 40), (20, 24, 2, 64), (3, 24, 1, 128),
                 (3, 24, 1, 192), (2, 24, 1, 256)] if DEVICE == "cuda" else [(3, 9, 2, 24)])
 # Three times the worst error of a float64 emulation of the kernels' rounding (h_{t-1} and the gates' gradients

@@ -52,15 +52,19 @@ class XLSTMLM(HFLM):
             raise TypeError(f"{pretrained} loaded as {type(base).__name__}, not an xLSTM checkpoint")
 
     def generate_until(self, requests, disable_tqdm: bool = False):
-        if self.batch_size == "auto":
-            self._longest_request = max((len(self.tok_encode(r.args[0])) + r.args[1].get("max_gen_toks",
-                                         self.max_gen_toks) for r in requests), default=1)
+        self._size_batches_by(requests, lambda r: r.args[1].get("max_gen_toks", self.max_gen_toks))
         return super().generate_until(requests, disable_tqdm)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-        if self.batch_size == "auto":
-            self._longest_request = max((len(self.tok_encode(r.args[0])) + 1 for r in requests), default=1)
+        self._size_batches_by(requests, lambda r: 1)
         return super().loglikelihood_rolling(requests, disable_tqdm)
+
+    def _size_batches_by(self, requests, extra_tokens) -> None:
+        """With `batch_size=auto`, keep the longest request's tokens (its text, plus `extra_tokens(request)`) for
+        `_detect_batch_size`."""
+        if self.batch_size == "auto":
+            self._longest_request = max((len(self.tok_encode(r.args[0])) + extra_tokens(r) for r in requests),
+                                        default=1)
 
     def _detect_batch_size(self, requests=None, pos: int = 0) -> int:
         """HFLM's batch-size search, which without requests tries rows of `max_length` tokens: 2**20 here, where no
