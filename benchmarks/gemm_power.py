@@ -23,6 +23,8 @@ import results
 import torch
 import torch.nn.functional as F
 
+from xlstm_hf.arguments import number_in, positive_int
+
 FLOP_PER_CLOCK_PER_SM = 4096  # dense bf16 tensor-core FLOP, Hopper
 # clock_event_reasons bit 2 (0x4) is "SW power cap".
 FIELDS = "clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active"
@@ -31,10 +33,16 @@ FIELDS = "clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active"
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gemms", nargs="+", default=["up", "projections"], choices=list(results.seven_b_gemms()))
-    parser.add_argument("--rows", type=int, nargs="+", default=[2048, 16384], help="tokens a GEMM (M)")
-    parser.add_argument("--seconds", type=float, default=3.0, help="how long each loop runs")
+    parser.add_argument("--rows", type=positive_int, nargs="+", default=[2048, 16384], help="tokens a GEMM (M)")
+    parser.add_argument("--seconds", type=number_in(0.5), default=3.0,
+                        help="how long each loop runs (at least 0.5: the telemetry samples every 50 ms)")
     parser.add_argument("--out", help="write the results as JSON here")
     return parser.parse_args(argv)
+
+
+def device_uuid() -> str:
+    """nvidia-smi's name for torch's current GPU: its index there counts every GPU, torch's only the visible ones."""
+    return f"GPU-{torch.cuda.get_device_properties(torch.cuda.current_device()).uuid}"
 
 
 class Telemetry:
@@ -43,7 +51,7 @@ class Telemetry:
     def __init__(self):
         self.samples: list[tuple[float, str]] = []
         self.process = subprocess.Popen(["nvidia-smi", f"--query-gpu={FIELDS}", "--format=csv,noheader,nounits",
-                                         "-lms", "50", "-i", str(torch.cuda.current_device())],
+                                         "-lms", "50", "-i", device_uuid()],
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -95,7 +103,7 @@ def main(argv=None) -> None:
         raise SystemExit("benchmarks/gemm_power.py needs a CUDA GPU")
     info = results.environment()
     print(json.dumps(info))
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
     telemetry = Telemetry()
     time.sleep(1.0)  # the first samples
     rows, shapes = [], results.seven_b_gemms()

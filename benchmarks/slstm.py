@@ -55,18 +55,19 @@ def package_cell(backend: str, B: int, NH: int, DH: int, dtype: str, R: torch.Te
     return cell if backend == "cuda" else cell.to(DTYPES[dtype])  # training mode: its CUDA backward needs it
 
 
-def variants(args, R, bias, device, dtype) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """name -> function of the raw gate inputs x (B, S, 4 * H), gate-major, returning h (B, S, NH, DH)."""
+def variants(args, R, bias, device, dtype) -> dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], list] | Exception]:
+    """name -> (function of the raw gate inputs x (B, S, 4 * H), gate-major, returning h (B, S, NH, DH); the tensors
+    its backward computes gradients of), or the error that building it raised."""
     from xlstm_hf.kernels.slstm_torch import slstm_recurrent_sequence
 
     NH, DH = R.shape[0], R.shape[1]
     ours = lambda x: x.unflatten(-1, (4, NH, DH)) + bias.to(device, x.dtype)  # noqa: E731
     weights = R.to(device).requires_grad_()  # trained: the backward computes their gradient too
-    fns = {"xlstm_hf_torch": lambda x: slstm_recurrent_sequence(ours(x), weights)[0]}
+    fns = {"xlstm_hf_torch": (lambda x: slstm_recurrent_sequence(ours(x), weights)[0], [weights])}
     if device.type == "cuda":
         from xlstm_hf.kernels.slstm_triton import slstm_triton
 
-        fns["xlstm_hf_triton"] = lambda x: slstm_triton(ours(x), weights)[0]
+        fns["xlstm_hf_triton"] = (lambda x: slstm_triton(ours(x), weights)[0], [weights])
     for backend in ("cuda", "vanilla"):
         if backend == "cuda" and device.type != "cuda":
             continue
@@ -76,15 +77,18 @@ def variants(args, R, bias, device, dtype) -> dict[str, Callable[[torch.Tensor],
         except Exception as error:  # noqa: BLE001  (a failed build is a result, not a crash)
             fns[name] = error
             continue
-        fns[name] = (lambda cell: lambda x: cell(x)[0].transpose(1, 2))(cell)  # its (B, NH, S, DH) -> ours
+        fns[name] = ((lambda cell: lambda x: cell(x)[0].transpose(1, 2))(cell),  # its (B, NH, S, DH) -> ours
+                     list(cell.parameters()))
     return {name: fn for name, fn in fns.items() if name in args.variants}
 
 
-def timed(fn: Callable[[], object], on_gpu: bool) -> float:
+def timed(fn: Callable[[], object], on_gpu: bool, grad_to_none: list | None = None) -> float:
+    """Milliseconds of `fn()`: do_bench's median on a GPU (`grad_to_none`'s gradients dropped before each call, so no
+    call pays for accumulating into the last one's), one call on the CPU."""
     if on_gpu:
         from triton.testing import do_bench
 
-        return do_bench(fn, warmup=10, rep=50, return_mode="median")
+        return do_bench(fn, warmup=10, rep=50, grad_to_none=grad_to_none, return_mode="median")
     start = time.perf_counter()
     fn()
     return (time.perf_counter() - start) * 1e3
@@ -103,18 +107,20 @@ def run(args) -> list[dict]:
         with torch.no_grad():
             reference = package_cell("vanilla", args.batch, NH, DH, "float32", R, bias, "cpu").double()
             expected = reference(x.double())[0].transpose(1, 2)
-            for name, fn in variants(args, R, bias, device, dtype).items():
+            for name, variant in variants(args, R, bias, device, dtype).items():
                 row = dict(name=name, B=args.batch, NH=NH, DH=DH, S=S, dtype=args.dtype)
-                if isinstance(fn, Exception):
-                    rows.append({**row, "failed": f"{type(fn).__name__}: {str(fn)[:200]}"})
+                if isinstance(variant, Exception):
+                    rows.append({**row, "failed": f"{type(variant).__name__}: {str(variant)[:200]}"})
                     continue
+                fn, trained = variant
                 inputs = x.to(device, dtype)
                 h = fn(inputs)
                 row["max_abs_err_vs_fp64"] = (h.double().cpu() - expected).abs().max().item()
                 row["ms"] = timed(lambda: fn(inputs), device.type == "cuda")
                 with torch.enable_grad():
                     leaf = inputs.clone().requires_grad_()
-                    row["fwbw_ms"] = timed(lambda: fn(leaf).float().sum().backward(), device.type == "cuda")
+                    row["fwbw_ms"] = timed(lambda: fn(leaf).float().sum().backward(), device.type == "cuda",
+                                           grad_to_none=[leaf, *trained])
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows

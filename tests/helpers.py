@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -131,6 +133,15 @@ def make_tokenizer():
         "{% endfor %}{% if add_generation_prompt %}<assistant> {% endif %}"
     )
     return tokenizer
+
+
+def copy_forcing_bos(folder, destination):
+    """A copy of the checkpoint `folder` whose config asks for a BOS token first, as NX-AI/xLSTM-7b's does
+    (`force_bos_token_insert`)."""
+    copy = shutil.copytree(folder, destination)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "force_bos_token_insert": True}))
+    return copy
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

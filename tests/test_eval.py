@@ -11,7 +11,7 @@ pytest.importorskip("lm_eval")
 from lm_eval import simple_evaluate  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from helpers import make_tokenizer, tiny_model  # noqa: E402
+from helpers import copy_forcing_bos, make_tokenizer, tiny_model  # noqa: E402
 from xlstm_hf.eval import RECURRENT_MAX_LENGTH, XLSTMLM  # noqa: E402
 
 WORDS = "the way of word is what they said to him and you can see it".split()
@@ -74,6 +74,34 @@ def test_batch_size_one_and_eight_agree(setup):
 def test_the_model_is_ours_with_a_long_context(setup):
     lm = XLSTMLM(pretrained=str(setup[0]), device="cpu")
     assert lm.max_length == RECURRENT_MAX_LENGTH
+
+
+def test_bos_token_as_the_checkpoint_asks(setup, tmp_path):
+    """NX-AI's config has force_bos_token_insert: true and its tokenizer adds no BOS; lm-eval follows the tokenizer,
+    so every request would be scored without the token the model was trained to see first."""
+    import torch
+    from lm_eval.api.instance import Instance
+
+    model_path, _ = setup
+    forced = copy_forcing_bos(model_path, tmp_path / "forced")
+    tokenizer, model = make_tokenizer(), tiny_model()
+    context, continuation = "the way of", " word is"
+    plain = tokenizer(context + continuation)["input_ids"]
+    assert plain[0] != tokenizer.bos_token_id  # the tokenizer alone adds none
+
+    lm = XLSTMLM(pretrained=str(forced), device="cpu", kernels="torch")
+    assert lm.tok_encode(context + continuation) == [tokenizer.bos_token_id] + plain
+    assert lm.tok_batch_encode([context])[0][0].tolist() == [tokenizer.bos_token_id] + tokenizer(context)["input_ids"]
+    request = Instance(request_type="loglikelihood", doc={}, arguments=(context, continuation), idx=0)
+    (score, _), = lm.loglikelihood([request])
+    ids = torch.tensor([[tokenizer.bos_token_id] + plain])
+    with torch.no_grad():
+        logprobs = model(ids).logits.double().log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None])[:, 0]
+    assert score == pytest.approx(logprobs[-len(tokenizer(continuation)["input_ids"]):].sum().item(), abs=1e-4)
+
+    assert XLSTMLM(pretrained=str(forced), device="cpu", add_bos_token=False).tok_encode(context) == \
+        tokenizer(context)["input_ids"]
+    assert XLSTMLM(pretrained=str(model_path), device="cpu").tok_encode(context) == tokenizer(context)["input_ids"]
 
 
 def test_cli_pass_through(setup, tmp_path):
@@ -266,3 +294,19 @@ def test_runners_check_their_arguments_before_evaluating(runner, tmp_path, monke
     with pytest.raises(SystemExit) as exited:  # the real evaluation: lm-eval loads the model first
         module.main(["--model", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "out"), "--device", "cpu"])
     assert exited.value.code == 2 and f"--model {tmp_path / 'missing'}:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runner", ["leaderboard", "ruler"])
+def test_runners_in_a_process_that_gets_no_results(runner, setup, tmp_path, monkeypatch, capsys):
+    """Under `accelerate launch`, lm-eval's simple_evaluate returns None in every process but the first: those
+    processes end quietly, writing nothing, where they failed indexing None (a failed launch)."""
+    import importlib
+
+    import lm_eval
+
+    module = importlib.import_module(f"xlstm_hf.eval.{runner}")
+    seen = []
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kwargs: seen.append(kwargs["tasks"]))
+    module.main(["--model", str(setup[0]), "--output-dir", str(tmp_path / "out"), "--device", "cpu"])
+    assert seen and list((tmp_path / "out").iterdir()) == []
+    assert "|" not in capsys.readouterr().out  # no report (a markdown table)

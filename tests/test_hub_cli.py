@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, xLSTMConfig
 
-from helpers import make_tokenizer, random_ids, tiny_config, tiny_model
+from helpers import copy_forcing_bos, make_tokenizer, random_ids, tiny_config, tiny_model
 from test_checkpoints import write_nxai_checkpoint
 from xlstm_hf import XLSTMConfig, XLSTMForCausalLM
 from xlstm_hf.cli import main as cli_main
@@ -192,6 +192,22 @@ def test_cli_generate_and_bench(model_folder):
     assert run.stdout.startswith("the way of") and "tokens/s" in run.stderr
     run = cli("bench", "--model", model_folder, "--prompt-length", 64, "--new-tokens", 4)
     assert run.returncode == 0 and "decode:" in run.stdout, run.stderr
+
+
+def test_cli_generate_puts_a_bos_token_first_where_the_checkpoint_asks(model_folder, tmp_path, monkeypatch, capsys):
+    prompts, generate = [], XLSTMForCausalLM.generate
+
+    def spy(self, input_ids, **kwargs):
+        prompts.append(input_ids[0].tolist())
+        return generate(self, input_ids, **kwargs)
+
+    monkeypatch.setattr(XLSTMForCausalLM, "generate", spy)
+    for folder in (model_folder, copy_forcing_bos(model_folder, tmp_path / "forced")):
+        cli_main(["generate", "the way of", "--model", str(folder), "--max-new-tokens", "2", "--device", "cpu"])
+        assert capsys.readouterr().out.startswith("the way of")
+    tokenizer = make_tokenizer()
+    plain = tokenizer("the way of")["input_ids"]
+    assert plain[0] != tokenizer.bos_token_id and prompts == [plain, [tokenizer.bos_token_id] + plain]
 
 
 def test_cli_convert_and_export(model_folder, tmp_path):

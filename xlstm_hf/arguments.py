@@ -41,6 +41,13 @@ def load_pretrained(loader: Any, option: str, name: str, **kwargs: Any) -> Any:
         raise UsageError(f"{option} {name}: {error}") from None
 
 
+def bos_kwargs(config: Any) -> dict[str, bool]:
+    """`add_bos_token=True` for the tokenizer of a checkpoint whose config asks for a BOS token before every input
+    (`force_bos_token_insert`, set by NX-AI/xLSTM-7b, whose GPT-NeoX tokenizer adds none); otherwise nothing, so the
+    tokenizer's own setting stands."""
+    return {"add_bos_token": True} if getattr(config, "force_bos_token_insert", False) else {}
+
+
 def load_tokenizer(args: argparse.Namespace) -> Any:
     """The tokenizer of `--tokenizer` if one was given, else of `--model` (a script with both options)."""
     from transformers import AutoTokenizer

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .arguments import load_pretrained, non_negative_float, number_in, positive_int
+from .arguments import bos_kwargs, load_pretrained, non_negative_float, number_in, positive_int
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -93,7 +93,7 @@ def _load(args):
     # bf16 matmuls are slow on most CPUs: compute in float32 there unless asked otherwise.
     dtype = getattr(torch, args.dtype) if args.dtype else torch.float32 if args.device == "cpu" else "auto"
     model = _load_model(args.model, dtype=dtype).to(args.device).eval()
-    return model, load_pretrained(AutoTokenizer, "--model", args.model)
+    return model, load_pretrained(AutoTokenizer, "--model", args.model, **bos_kwargs(model.config))
 
 
 def cmd_generate(args) -> None:

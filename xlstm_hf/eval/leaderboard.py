@@ -108,7 +108,7 @@ def write_report(scores: dict, output_dir: str | Path) -> tuple[Path, Path]:
 
 
 def run(model: str, batch_size: str = "auto", dtype: str = "bfloat16", device: str = "cuda", kernels: str = "auto",
-        limit: int | None = None) -> dict:
+        limit: int | None = None) -> dict | None:
     """lm-eval's `leaderboard` group with the Leaderboard's settings for a base model (no chat template)."""
     from .lm_eval_model import evaluate
 
@@ -136,6 +136,8 @@ def main(argv=None) -> None:
         folder = output_folder(parser, args.output_dir)
         results = evaluate_into(parser, folder, args.model, lambda: run(
             args.model, args.batch_size, args.dtype, args.device, args.kernels, args.limit))
+        if results is None:  # not the first process under accelerate launch: that one reports
+            return
     source = f"--from-results {args.from_results}" if args.from_results else f"the results of --model {args.model}"
     try:
         scores = leaderboard_scores(results)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
+from transformers import AutoConfig
 
 import xlstm_hf
 
-from ..arguments import positive_int
+from ..arguments import bos_kwargs, positive_int
 from ..training import write_atomically
 
 # The context lm-eval may fill: memory does not grow with it, so any prompt of a benchmark fits.
@@ -36,12 +37,15 @@ class CheckpointNotLoaded(OSError):
 @register_model("xlstm")
 class XLSTMLM(HFLM):
     """lm-eval model for xLSTM checkpoints. Model args: `pretrained` (folder or Hub id), `kernels` (torch, triton,
-    auto), `max_length` (default 2**20), and HFLM's own (`dtype`, `device`, `batch_size`, `peft`, ...)."""
+    auto), `max_length` (default 2**20), and HFLM's own (`dtype`, `device`, `batch_size`, `peft`, `add_bos_token`,
+    ...). `add_bos_token` defaults to the checkpoint's `force_bos_token_insert` (NX-AI/xLSTM-7b: true)."""
 
     def __init__(self, pretrained: str, kernels: str | None = None, max_length: int | None = None, **kwargs):
         if kernels is not None:
             xlstm_hf.set_kernel_backend(kernels)
         self._longest_request = None
+        if kwargs.get("add_bos_token") is None:
+            kwargs.update(bos_kwargs(checkpoint_config(pretrained, kwargs)))
         try:
             super().__init__(pretrained=pretrained, backend="causal", max_length=max_length or RECURRENT_MAX_LENGTH,
                              **kwargs)
@@ -80,6 +84,18 @@ class XLSTMLM(HFLM):
             self._max_length = max_length
 
 
+def checkpoint_config(pretrained, kwargs: dict):
+    """The config of HFLM's `pretrained` (a model, or a folder or Hub id at `revision`/`subfolder`); None when it does
+    not load (HFLM's own load then reports it)."""
+    if not isinstance(pretrained, str):
+        return getattr(pretrained, "config", None)
+    try:
+        return AutoConfig.from_pretrained(pretrained, revision=kwargs.get("revision") or "main",
+                                          subfolder=kwargs.get("subfolder") or "")
+    except (OSError, ValueError):
+        return None
+
+
 def run_lm_eval_cli(argv: list[str]) -> None:
     """lm-eval's command line with the `xlstm` model registered (and chosen for `run`, lm-eval's default command,
     unless `--model` is given)."""
@@ -103,13 +119,14 @@ def add_run_arguments(parser: argparse.ArgumentParser, batch_size: str) -> None:
     parser.add_argument("--limit", type=positive_int, help="documents per task (a smoke test, not a score)")
 
 
-def evaluate(model: str, tasks: list[str], dtype: str = "bfloat16", kernels: str = "auto", **kwargs) -> dict:
-    """lm-eval's `simple_evaluate` with the `xlstm` model; returns `results["results"]`."""
+def evaluate(model: str, tasks: list[str], dtype: str = "bfloat16", kernels: str = "auto", **kwargs) -> dict | None:
+    """lm-eval's `simple_evaluate` with the `xlstm` model; returns `results["results"]`, or None in the processes
+    other than the first under `accelerate launch` (lm-eval gathers the results in the first)."""
     from lm_eval import simple_evaluate
 
     output = simple_evaluate(model="xlstm", model_args=f"pretrained={model},dtype={dtype},kernels={kernels}",
                              tasks=tasks, **kwargs)
-    return output["results"]
+    return None if output is None else output["results"]
 
 
 def output_folder(parser: argparse.ArgumentParser, path: str) -> Path:
@@ -123,13 +140,17 @@ def output_folder(parser: argparse.ArgumentParser, path: str) -> Path:
     return folder
 
 
-def evaluate_into(parser: argparse.ArgumentParser, folder: Path, model: str, evaluation: Callable[[], dict]) -> dict:
+def evaluate_into(parser: argparse.ArgumentParser, folder: Path, model: str,
+                  evaluation: Callable[[], dict | None]) -> dict | None:
     """`evaluation()`'s lm-eval results, saved as `folder`/lm_eval_results.json before a report is made of them. A
-    checkpoint that does not load is a usage error naming `--model`."""
+    checkpoint that does not load is a usage error naming `--model`. None (and nothing written) in the processes that
+    get no results (`evaluate`)."""
     try:
         results = evaluation()
     except CheckpointNotLoaded as error:
         parser.error(f"--model {model}: {error.reason}")
+    if results is None:
+        return None
     write_atomically(folder / "lm_eval_results.json", json.dumps(results, indent=1, default=str) + "\n")
     return results
 

@@ -116,7 +116,7 @@ def write_report(report: dict, output_dir: str | Path) -> tuple[Path, Path]:
 
 
 def run(model: str, tasks: list[str], lengths=LENGTHS, batch_size: str = "1", dtype: str = "bfloat16",
-        device: str = "cuda", kernels: str = "auto", limit: int | None = None) -> dict:
+        device: str = "cuda", kernels: str = "auto", limit: int | None = None) -> dict | None:
     """lm-eval on `tasks`, prompts synthesised at `lengths` with the model's tokenizer."""
     from .lm_eval_model import evaluate
 
@@ -142,6 +142,8 @@ def main(argv=None) -> None:
     with local_files(args.essays, args.squad, args.hotpot):
         results = evaluate_into(parser, folder, args.model, lambda: run(
             args.model, tasks, args.lengths, args.batch_size, args.dtype, args.device, args.kernels, args.limit))
+    if results is None:  # not the first process under accelerate launch: that one reports
+        return
     md, _ = write_report(ruler_report(results, args.lengths, skipped), folder)
     print(md.read_text())
 
