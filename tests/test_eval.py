@@ -98,6 +98,10 @@ def test_bos_token_as_the_checkpoint_asks(setup, tmp_path):
     with torch.no_grad():
         logprobs = model(ids).logits.double().log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None])[:, 0]
     assert score == pytest.approx(logprobs[-len(tokenizer(continuation)["input_ids"]):].sum().item(), abs=1e-4)
+    # lm-eval conditions a rolling loglikelihood on the BOS token itself: the text's tokens follow it once.
+    rolling = Instance(request_type="loglikelihood_rolling", doc={}, arguments=(context + continuation,), idx=0)
+    assert lm.loglikelihood_rolling([rolling]) == [pytest.approx(logprobs.sum().item(), abs=1e-4)]
+    assert lm.add_bos_token
 
     assert XLSTMLM(pretrained=str(forced), device="cpu", add_bos_token=False).tok_encode(context) == \
         tokenizer(context)["input_ids"]

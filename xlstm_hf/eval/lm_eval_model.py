@@ -60,8 +60,14 @@ class XLSTMLM(HFLM):
         return super().generate_until(requests, disable_tqdm)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        """HFLM's, with each text's tokens encoded without special tokens: lm-eval conditions the first window on
+        `prefix_token_id` (the BOS token) already, so a BOS added to the text would be scored as its first token."""
         self._size_batches_by(requests, lambda r: 1)
-        return super().loglikelihood_rolling(requests, disable_tqdm)
+        add_bos_token, self.add_bos_token = self.add_bos_token, False
+        try:
+            return super().loglikelihood_rolling(requests, disable_tqdm)
+        finally:
+            self.add_bos_token = add_bos_token
 
     def _size_batches_by(self, requests, extra_tokens) -> None:
         """With `batch_size=auto`, keep the longest request's tokens (its text, plus `extra_tokens(request)`) for
