@@ -34,8 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gemms", nargs="+", default=["up", "projections"], choices=list(results.seven_b_gemms()))
     parser.add_argument("--rows", type=positive_int, nargs="+", default=[2048, 16384], help="tokens a GEMM (M)")
-    parser.add_argument("--seconds", type=number_in(0.5), default=3.0,
-                        help="how long each loop runs (at least 0.5: the telemetry samples every 50 ms)")
+    parser.add_argument("--seconds", type=number_in(1.0), default=3.0,
+                        help="how long each loop runs (at least 1: on the H200 a 0.5 s loop got no telemetry sample)")
     parser.add_argument("--out", help="write the results as JSON here")
     return parser.parse_args(argv)
 
