@@ -346,6 +346,17 @@ def test_a_cache_that_already_holds_the_input_is_refused():
         for chunk in (None, 4):
             with pytest.raises(ValueError, match="already holds 9 tokens"):
                 model.generate(prompt, cache=model(ids).cache, prefill_chunk_size=chunk, max_new_tokens=2)
+    # A refused call leaves the cache as it was (it had been expanded for the beams before the check), so the
+    # corrected call continues it.
+    cache = model(ids).cache
+    with pytest.raises(ValueError, match="already holds 9 tokens"):
+        model.generate(ids, cache=cache, num_beams=2, max_new_tokens=2)
+    assert cache.batch_size == 1
+    more = torch.cat([ids, random_ids(1, 3, seed=5)], 1)
+    continued = model.generate(more, attention_mask=torch.ones_like(more), cache=cache, num_beams=2,
+                               max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert torch.equal(continued, model.generate(more, num_beams=2, max_new_tokens=3, min_new_tokens=3,
+                                                 do_sample=False))
     # Only the new tokens, with a mask over the whole conversation, continue the cache.
     ids = random_ids(1, 12)
     continued = model.generate(ids[:, 9:], attention_mask=torch.ones_like(ids), cache=model(ids[:, :9]).cache,

@@ -571,10 +571,9 @@ class RecurrentGenerationMixin(GenerationMixin):
                     "generate() got a `cache` and use_cache=False: without a cache, generate() feeds the whole "
                     "sequence at every step, which the state passed would absorb again. Drop one of the two."
                 )
-            if cache.batch_size == batch_size and expand > 1:
-                # One state per prompt: one per beam / returned sequence from here on (the caller's cache, in place).
-                cache.batch_repeat_interleave(expand)
-            elif cache.batch_size != batch_size * expand:
+            # One state per prompt becomes one per beam / returned sequence in `_prefill`, once the input passed its
+            # checks: a refused call leaves the caller's cache as it was.
+            if cache.batch_size not in (batch_size, batch_size * expand):
                 raise ValueError(
                     f"`cache` has batch size {cache.batch_size}, but generate() got {batch_size} sequences"
                     + (f" ({batch_size * expand} with num_beams / num_return_sequences)" if expand > 1 else "")
@@ -588,8 +587,9 @@ class RecurrentGenerationMixin(GenerationMixin):
 
     def _prefill(self, input_ids: torch.LongTensor, generation_config, model_kwargs: dict,
                  is_first_iteration: bool = True):
-        """transformers' prefill, after checking that a cache passed in is behind the input it continues: its state
-        cannot be rolled back, and transformers would otherwise feed it tokens it already holds."""
+        """transformers' prefill, after checking that a cache passed in is behind the input it continues (its state
+        cannot be rolled back, and transformers would otherwise feed it tokens it already holds), and giving it one
+        state per beam / returned sequence where it has one per prompt (the caller's cache, in place)."""
         cache, mask = model_kwargs.get("cache"), model_kwargs.get("attention_mask")
         held = cache.get_seq_length() if cache is not None else 0
         embeds = model_kwargs.get("inputs_embeds") if is_first_iteration else None
@@ -604,6 +604,8 @@ class RecurrentGenerationMixin(GenerationMixin):
                 "whole conversation with at least one token the cache has not seen (or only the new tokens, with "
                 "an attention_mask over the whole conversation); a recurrent state cannot be rolled back"
             )
+        if cache is not None and cache.batch_size != input_ids.shape[0]:
+            cache.batch_repeat_interleave(input_ids.shape[0] // cache.batch_size)
         return super()._prefill(input_ids, generation_config, model_kwargs, is_first_iteration)
 
     def prepare_inputs_for_generation(
