@@ -19,9 +19,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 import xlstm_hf
-from xlstm_hf.arguments import (at_least, load_pretrained, load_tokenizer, number_in, positive_float, positive_int,
-                                read_data, reports_usage_errors)
-from xlstm_hf.training import SFTExamples, right_padded_batch, save_atomically
+from xlstm_hf.arguments import (UsageError, at_least, check_vocabulary, folder_to_save_into, load_pretrained,
+                                load_tokenizer, number_in, positive_float, positive_int, read_data, reports_usage_errors)
+from xlstm_hf.training import SFTExamples, right_padded_batch, save_atomically, use_cache_kept
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", help="tokenizer folder, if not the model's")
     parser.add_argument("--train-file", nargs="+", required=True, help=".jsonl (one object a line) or text files")
     parser.add_argument("--text-field", default="text", help="the JSON field holding the text (default: text)")
-    parser.add_argument("--output-dir", required=True, help="where the adapters go")
+    parser.add_argument("--output-dir", type=folder_to_save_into, required=True,
+                        help="where the adapters go")
     parser.add_argument("--rank", type=positive_int, default=16, help="LoRA rank (default: 16)")
     parser.add_argument("--alpha", type=positive_float, default=32, help="LoRA alpha (default: 32)")
     parser.add_argument("--dropout", type=number_in(0, 1), default=0.05,  # a dropout of 1 would drop everything
@@ -59,18 +60,27 @@ def main(argv=None) -> None:
     tokenizer = load_tokenizer(args)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    try:
+        dataset = SFTExamples(args.texts, tokenizer, args.max_length)  # before the slow model load: data errors first
+    except ValueError as error:
+        raise UsageError(f"--train-file {' '.join(args.train_file)}: {error}") from None
+    if dataset.skipped:
+        print(f"left out {dataset.skipped} texts of fewer than two tokens")
     model = load_pretrained(AutoModelForCausalLM, "--model", args.model, dtype=torch.float32)
+    check_vocabulary(args, dataset.largest_id, model.config.vocab_size)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     targets = args.target_modules or xlstm_hf.lora_target_modules(model.config)
     lora = LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=args.dropout,
                       target_modules="all-linear" if targets == ["all-linear"] else targets, task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as error:  # e.g. no layer of that name
+        raise UsageError(f"--target-modules {' '.join(targets)}: {error}") from None
     model.print_trainable_parameters()
     print(f"mLSTM kernels: {model.base_model.model.kernel_backend}")
 
-    dataset = SFTExamples(args.texts, tokenizer, args.max_length)
     collate = partial(right_padded_batch, pad_token_id=tokenizer.pad_token_id)
     # The Trainer works in a temporary folder: OUTPUT_DIR appears only through save_atomically, complete.
     with tempfile.TemporaryDirectory(prefix="finetune_lora-") as scratch:
@@ -80,8 +90,9 @@ def main(argv=None) -> None:
             logging_steps=max(1, args.steps // 20), save_strategy="no", report_to=[], bf16=args.bf16,
             use_cpu=not torch.cuda.is_available(), seed=args.seed, remove_unused_columns=False,
         )
-        trainer = Trainer(model=model, args=training, train_dataset=dataset, data_collator=collate)
-        result = trainer.train()
+        with use_cache_kept(model):
+            trainer = Trainer(model=model, args=training, train_dataset=dataset, data_collator=collate)
+            result = trainer.train()
     print(f"final training loss: {result.training_loss:.4f}")
     save_atomically(args.output_dir, model, tokenizer)
     if args.merge:

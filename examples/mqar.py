@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
 from xlstm_hf import XLSTMStackConfig, XLSTMStackForCausalLM
+from xlstm_hf.arguments import folder_to_save_into
 from xlstm_hf.training import save_atomically
 
 IGNORE = -100
@@ -57,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1,
                         help="trainings run at once, each in its own process (small models leave a GPU mostly idle)")
     parser.add_argument("--tiny", action="store_true", help="a few steps of small models on the CPU (a smoke run)")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--output-dir", type=folder_to_save_into, required=True)
     args = parser.parse_args(argv)
     if args.tiny:
         args.pairs, args.seq_len, args.vocab_size, args.width = [2, 4], 32, 64, 32

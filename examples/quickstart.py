@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import xlstm_hf
-from xlstm_hf.arguments import load_pretrained, positive_int, reports_usage_errors
+from xlstm_hf.arguments import UsageError, load_pretrained, positive_int, reports_usage_errors
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,6 +36,8 @@ def main(argv=None) -> None:
           f"{model.kernel_backend} kernels")
 
     prompt = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
+    if prompt.shape[1] == 0:
+        raise UsageError(f"--prompt {args.prompt!r}: no tokens to start from")
     with torch.no_grad():
         start = time.perf_counter()
         out = model(prompt, use_cache=True, logits_to_keep=1)

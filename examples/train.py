@@ -34,9 +34,10 @@ from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, Trainin
 from xlstm_hf import XLSTMConfig, XLSTMForCausalLM, default_model_path
 from xlstm_hf.stdlib_corpus import (SPECIAL_TOKENS, TRAINING_LOG, corpus_summary, model_card, stdlib_files,
                                      train_tokenizer)
-from xlstm_hf.arguments import (UsageError, at_least, load_pretrained, load_tokenizer, non_negative_float, positive_int,
-                                positive_float, read_data, reports_usage_errors)
-from xlstm_hf.training import PackedBlocks, save_atomically
+from xlstm_hf.arguments import (UsageError, at_least, check_vocabulary, folder_to_save_into, load_pretrained,
+                                load_tokenizer, non_negative_float, positive_float, positive_int, read_data,
+                                reports_usage_errors)
+from xlstm_hf.training import PackedBlocks, save_atomically, use_cache_kept
 
 PRESETS = {  # the 7B's block design at smaller widths
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_heads=2),
@@ -53,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     source.add_argument("--model", help="continue training this checkpoint, folder or Hub id (default: the model "
                                         "shipped with xlstm_hf, unless --preset or --config is given)")
     source.add_argument("--preset", choices=sorted(PRESETS), help="train from scratch at this size")
-    source.add_argument("--config", help="train from scratch with this config.json")
+    source.add_argument("--config", type=config_file, help="train from scratch with this config.json")
     parser.add_argument("--tokenizer", help="tokenizer folder (default: the model's, or one trained on --corpus)")
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--train-file", nargs="+", help=".jsonl (one object a line) or text files")
@@ -64,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--vocab-size", type=at_least(256 + len(SPECIAL_TOKENS)), default=8192,
                         help="vocabulary of the tokenizer trained with --corpus (default: 8192)")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--output-dir", type=folder_to_save_into, required=True)
     parser.add_argument("--block-size", type=at_least(2), default=512)  # a block of one token predicts nothing
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--steps", type=positive_int, default=1000)
@@ -98,6 +99,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def config_file(path: str) -> dict:
+    """An argparse type: the settings of an XLSTMConfig JSON file (a file that is missing, not JSON or not a valid
+    config is a usage error)."""
+    try:
+        return XLSTMConfig.from_json_file(path).to_dict()
+    except (OSError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def load_texts(args) -> tuple[list[str], list[str] | None, dict | None]:
     """Training texts, held-out texts (or None) and, for a corpus, its summary for the log."""
     if args.corpus:
@@ -128,7 +138,7 @@ def packed_blocks(what: str, texts: list[str], tokenizer, block_size: int) -> Pa
 def build_model(args, tokenizer) -> XLSTMForCausalLM:
     if args.model:
         return load_pretrained(AutoModelForCausalLM, "--model", args.model, dtype=torch.float32)
-    overrides = PRESETS[args.preset] if args.preset else XLSTMConfig.from_json_file(args.config).to_dict()
+    overrides = PRESETS[args.preset] if args.preset else args.config
     vocab = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                  pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(args.seed)
@@ -168,6 +178,9 @@ def main(argv=None) -> None:
     train = packed_blocks("the training data", texts, tokenizer, args.block_size)  # before the model: data errors first
     evaluation = packed_blocks("the held-out data", eval_texts, tokenizer, args.block_size) if eval_texts else None
     model = build_model(args, tokenizer)
+    for data in (train, evaluation):
+        if data is not None:
+            check_vocabulary(args, data.largest_id, model.config.vocab_size)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     log.update(parameters=sum(p.numel() for p in model.parameters()), vocab_size=model.config.vocab_size)
@@ -185,10 +198,10 @@ def main(argv=None) -> None:
             use_cpu=not torch.cuda.is_available(), seed=args.seed,
         )
         callbacks = [TimeLimit(args.max_minutes)] if args.max_minutes else []
-        use_cache = model.config.use_cache  # the Trainer turns it off; the saved model is for inference
-        trainer = Trainer(model=model, args=training, train_dataset=train, eval_dataset=evaluation, callbacks=callbacks)
-        result = trainer.train()
-        model.config.use_cache = use_cache
+        with use_cache_kept(model):
+            trainer = Trainer(model=model, args=training, train_dataset=train, eval_dataset=evaluation,
+                              callbacks=callbacks)
+            result = trainer.train()
         steps, seconds = trainer.state.global_step, result.metrics["train_runtime"]
         log.update(steps=steps, train_seconds=seconds, tokens_per_step=args.batch_size * training.world_size
                    * args.block_size, device=torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")

@@ -186,6 +186,31 @@ def test_save_atomically_updates_a_folder_as_save_pretrained_does(tmp_path):
     assert (tmp_path / "file").read_text() == "mine" and len(list(tmp_path.iterdir())) == 2
 
 
+def test_save_atomically_replaces_only_the_weights_of_the_kind_it_writes(tmp_path, monkeypatch):
+    """Adapters saved into their base model's folder deleted its weights; a model saved where adapters were kept
+    them, and from_pretrained applied the stale adapters on top of the new weights, silently."""
+    from peft import LoraConfig, get_peft_model
+
+    base, ids = tiny_model(), random_ids(1, 7)
+    save_atomically(tmp_path / "model", base)
+    adapted = get_peft_model(tiny_model(), LoraConfig(r=2, target_modules=["q", "v"], init_lora_weights=False))
+    save_atomically(tmp_path / "model", adapted)
+    names = {p.name for p in (tmp_path / "model").iterdir()}
+    assert {"model.safetensors", "adapter_model.safetensors", "adapter_config.json"} <= names
+    other = tiny_model(seed=1)
+    save_atomically(tmp_path / "model", other)
+    assert not [name for name in os.listdir(tmp_path / "model") if name.startswith("adapter")]
+    with torch.no_grad():
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path / "model")(ids).logits, other(ids).logits)
+    # Through a symlink: the folder it points to is updated, the link stays. Into ".": the working folder.
+    (tmp_path / "link").symlink_to(tmp_path / "model")
+    save_atomically(tmp_path / "link", base)
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "model" / "model.safetensors").is_file()
+    monkeypatch.chdir(tmp_path / "model")
+    assert save_atomically(".", base) == tmp_path / "model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "model"]  # no temporary or old folder left
+
+
 def test_write_atomically_replaces_a_file_whole_or_not_at_all(tmp_path):
     path = write_atomically(tmp_path / "card.md", "old")
     write_atomically(path, "new")
@@ -220,6 +245,7 @@ def test_finetune_lora_example(local_data):
 
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(local_data / "model"), local_data / "lora")
     merged = AutoModelForCausalLM.from_pretrained(local_data / "lora" / "merged")
+    assert merged.config.use_cache  # the Trainer turns it off while training
     ids = torch.tensor([[6, 7, 8, 9]])
     # Merging rounds W + BA once in float32; trained adapters make that visible at the 1e-5 level.
     assert (adapted(input_ids=ids).logits - merged(ids).logits).abs().max() < 1e-4
@@ -233,7 +259,7 @@ def test_train_example_from_scratch(local_data):
     # Random words from a 16-word list: a model that learnt their distribution scores ~16, a uniform one 101.
     assert perplexity < 35, perplexity
     trained = AutoModelForCausalLM.from_pretrained(local_data / "trained")
-    assert trained.config.num_hidden_layers == 2
+    assert trained.config.num_hidden_layers == 2 and trained.config.use_cache
 
 
 def test_examples_have_help():
@@ -287,11 +313,30 @@ def test_interrupted_training_leaves_no_output_folder(local_data, monkeypatch, s
      "--tokenizer {data}/missing"),
     ("train.py", ["--train-file", "{data}/train.jsonl", "--block-size", "100000"], "--block-size 100000"),
     ("quickstart.py", ["--model", "{data}/missing"], "--model {data}/missing"),
+    ("quickstart.py", ["--prompt", ""], "--prompt ''"),
+    # found only at the save, after the training, or at its first step: tracebacks before
+    ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--output-dir", "{data}/train.jsonl"],
+     "{data}/train.jsonl is a file"),
+    ("train.py", ["--train-file", "{data}/train.jsonl", "--output-dir", "{data}/train.jsonl"],
+     "{data}/train.jsonl is a file"),
+    ("finetune_lora.py", ["--train-file", "{data}/numbers.jsonl"], "'text' holds int"),
+    ("finetune_lora.py", ["--train-file", "{data}/one_token.jsonl"], "nothing to learn"),  # trained at loss 0
+    ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--model", "{data}/model", "--target-modules", "qq"],
+     "--target-modules qq"),
+    ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--model", "{data}/model", "--tokenizer", "{default}"],
+     "--tokenizer {default}: the data's tokens"),
+    ("train.py", ["--train-file", "{data}/train.jsonl", "--model", "{data}/model", "--tokenizer", "{default}"],
+     "--tokenizer {default}: the data's tokens"),
+    ("train.py", ["--config", "{data}/missing.json", "--tokenizer", "{data}/model", "--train-file", "{data}/train.jsonl"],
+     "argument --config"),
 ])
 def test_examples_name_a_bad_argument(local_data, script, args, named):
     (local_data / "broken.jsonl").write_text('{"text": "the way"}\nnot json\n')
-    argv = [arg.format(data=local_data) for arg in args]
+    (local_data / "numbers.jsonl").write_text('{"text": 5}\n')
+    (local_data / "one_token.jsonl").write_text('{"text": "the"}\n{"text": "way"}\n')
+    places = dict(data=local_data, default=xlstm_hf.default_model_path())  # its tokenizer: 8,192 tokens, not 101
+    argv, named = [arg.format(**places) for arg in args], named.format(**places)
     output = [] if script == "quickstart.py" else ["--output-dir", str(local_data / "out")]
     code, _, err = run_script(ROOT / "examples" / script, *argv, *output)
-    assert code == 2 and named.format(data=local_data) in err and "Traceback" not in err, err
+    assert code == 2 and named in err and "Traceback" not in err, err
     assert not (local_data / "out").exists()

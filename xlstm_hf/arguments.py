@@ -7,6 +7,7 @@ import argparse
 import functools
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +57,15 @@ def load_tokenizer(args: argparse.Namespace) -> Any:
     return load_pretrained(AutoTokenizer, option, name)
 
 
+def check_vocabulary(args: argparse.Namespace, largest_id: int, vocab_size: int) -> None:
+    """A `UsageError` naming the tokenizer's option (as `load_tokenizer` chooses it) when the data holds a token id
+    that the model has no embedding for: found before training, not at its first step."""
+    if largest_id >= vocab_size:
+        option, name = ("--tokenizer", args.tokenizer) if args.tokenizer else ("--model", args.model)
+        raise UsageError(f"{option} {name}: the data's tokens go up to id {largest_id}, and the model's vocabulary "
+                         f"has {vocab_size} (a tokenizer of another model?)")
+
+
 def at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type: an integer of at least `minimum`."""
 
@@ -69,6 +79,19 @@ def at_least(minimum: int) -> Callable[[str], int]:
 
 
 positive_int = at_least(1)
+
+
+def folder_to_save_into(text: str) -> str:
+    """An argparse type: a folder that a save at the end of the work can write (it is made then, next to where it
+    goes, and renamed into place): not a file, and below a folder that can be written. Checked before the work, so
+    that hours of it are not lost at the save."""
+    path = Path(text).resolve()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    ancestor = next((folder for folder in path.parents if folder.exists()), path)
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot make folders in {ancestor}")
+    return text
 
 
 def number_in(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = True

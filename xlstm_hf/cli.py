@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .arguments import bos_kwargs, load_pretrained, non_negative_float, number_in, positive_int
+from .arguments import bos_kwargs, folder_to_save_into, load_pretrained, non_negative_float, number_in, positive_int
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser("convert", help="convert a checkpoint (layout, weight mode, dtype)")
     convert.add_argument("source", help="checkpoint folder (ours, transformers', NX-AI's) or an xLSTMLarge state dict")
-    convert.add_argument("destination", help="output folder (written atomically)")
+    convert.add_argument("destination", type=folder_to_save_into, help="output folder (written atomically)")
     convert.add_argument("--weight-mode", choices=["single", "fused"])
     convert.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="default: bfloat16")
     convert.add_argument("--max-shard-size", type=shard_size, default="5GB")
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(run=cmd_convert)
 
     export = commands.add_parser("export", help="write a remote-code bundle (runs without xlstm_hf installed)")
-    export.add_argument("--remote-code", required=True, metavar="DIR", help="output folder")
+    export.add_argument("--remote-code", type=folder_to_save_into, required=True, metavar="DIR", help="output folder")
     export.add_argument("--model", help="also save this model there: weights, config and, from a local folder, its "
                         "other files (tokenizer, ...)")
     export.set_defaults(run=cmd_export)

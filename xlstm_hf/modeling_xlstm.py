@@ -548,6 +548,26 @@ class RecurrentGenerationMixin(GenerationMixin):
         with deferred_stop_checks(self.deferred_stop_devices):
             return super()._sample(*args, **kwargs)
 
+    @staticmethod
+    def _refuse_packed_documents(attention_mask: torch.Tensor | None, kwargs: dict) -> None:
+        """Raise where the inputs are documents packed into one row without padding (transformers'
+        `DataCollatorWithFlattening`: position_ids that restart at 0 after a real token, or cu_seq_lens / seq_idx).
+        The recurrent state would carry from each document into the next; nothing here resets it."""
+        named = [name for name in ("cu_seq_lens_q", "cu_seq_lens_k", "seq_idx") if kwargs.get(name) is not None]
+        position_ids = kwargs.get("position_ids")
+        if not named and position_ids is not None and position_ids.shape[-1] > 1:
+            restarts = position_ids[..., 1:] == 0
+            if attention_mask is not None:  # a left-padded row's first real token is at 0 after padding
+                real = attention_mask[..., -position_ids.shape[-1]:].bool()  # a mask over the whole conversation
+                restarts &= real[..., :-1] & real[..., 1:]
+            named = ["position_ids"] * bool(restarts.any())
+        if named:
+            raise ValueError(
+                f"{named[0]} marks several documents packed into one row without padding (as transformers' "
+                "DataCollatorWithFlattening does): not supported by this recurrent model, whose state would carry "
+                "from one document into the next. Pad the documents into a batch with an attention_mask instead."
+            )
+
     def _lm_output(self, outputs: BaseModelOutputWithPast, logits: torch.Tensor, labels: torch.LongTensor | None,
                   **kwargs) -> CausalLMOutputWithPast:
         """The causal-LM result from the backbone's outputs and the head's logits: with `labels`, the shifted
@@ -686,6 +706,7 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
             logits_to_keep: Compute the head only for the last N positions (0 = all), or for the given indices.
             See [`XLSTMModel.forward`] for the others.
         """
+        self._refuse_packed_documents(attention_mask, kwargs)
         if self._can_replay_decode(input_ids, inputs_embeds, cache, labels, output_hidden_states):
             logits = self._replay_decode(input_ids, attention_mask, cache)
             return CausalLMOutputWithPast(logits=logits, cache=cache)

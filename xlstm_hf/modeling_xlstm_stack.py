@@ -509,6 +509,7 @@ class XLSTMStackForCausalLM(XLSTMStackModel, RecurrentGenerationMixin):
             logits_to_keep: Compute the head only for the last N positions (0 = all), or for the given indices.
             See [`XLSTMStackModel.forward`] for the others.
         """
+        self._refuse_packed_documents(attention_mask, kwargs)
         outputs = super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -3,6 +3,7 @@ padding whose padded positions are masked exactly (attention mask and labels -10
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -25,6 +26,8 @@ def read_texts(paths: Iterable[str | Path], field: str = "text") -> list[str]:
                     record = json.loads(line)
                     if field not in record:
                         raise KeyError(f"{path}:{number} has no field {field!r} (fields: {sorted(record)})")
+                    if not isinstance(record[field], str):
+                        raise ValueError(f"line {number}: {field!r} holds {type(record[field]).__name__}, not text")
                     texts.append(record[field])
         else:
             texts.append(path.read_text(encoding="utf-8", errors="replace"))
@@ -43,6 +46,7 @@ class PackedBlocks(torch.utils.data.Dataset):
         if len(ids) < block_size:
             raise ValueError(f"{len(ids)} tokens: too few for one block of {block_size}")
         self.blocks = torch.tensor(ids[: len(ids) // block_size * block_size]).view(-1, block_size)
+        self.largest_id = int(self.blocks.max())  # to check against the model's vocabulary
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -52,10 +56,16 @@ class PackedBlocks(torch.utils.data.Dataset):
 
 
 class SFTExamples(torch.utils.data.Dataset):
-    """One example per text, truncated to `max_length` tokens (supervised fine-tuning)."""
+    """One example per text, truncated to `max_length` tokens (supervised fine-tuning). Texts of fewer than two tokens
+    predict nothing: they are left out (`skipped` counts them), and a ValueError says when no example is left."""
 
     def __init__(self, texts: list[str], tokenizer, max_length: int):
-        self.examples = [tokenizer(text, truncation=True, max_length=max_length)["input_ids"] for text in texts]
+        encoded = [tokenizer(text, truncation=True, max_length=max_length)["input_ids"] for text in texts]
+        self.examples = [ids for ids in encoded if len(ids) >= 2]
+        self.skipped = len(encoded) - len(self.examples)
+        if not self.examples:
+            raise ValueError(f"none of its {len(encoded)} texts is two tokens or more: nothing to learn")
+        self.largest_id = max(max(ids) for ids in self.examples)  # to check against the model's vocabulary
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -76,6 +86,17 @@ def right_padded_batch(examples: list[dict], pad_token_id: int) -> dict:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+@contextlib.contextmanager
+def use_cache_kept(model: torch.nn.Module):
+    """Around making and running a `Trainer`, which sets `config.use_cache` to its arguments' (False by default): the
+    model saved afterwards is for inference, and `model(ids)` of a reloaded one would otherwise return no cache."""
+    use_cache = model.config.use_cache
+    try:
+        yield
+    finally:
+        model.config.use_cache = use_cache
+
+
 def write_atomically(path: str | Path, text: str) -> Path:
     """`text` into `path` through a temporary sibling and a rename: a reader sees the old file or the new one, never
     half of one."""
@@ -89,16 +110,30 @@ def write_atomically(path: str | Path, text: str) -> Path:
     return path
 
 
-# Weight files of a transformers save (single, sharded, index), which a new save replaces rather than adds to.
+# Weight files of a transformers save (single, sharded, index) and of a PEFT adapter save, which a new save of the
+# same kind replaces rather than adds to.
 WEIGHT_FILE = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?")
+ADAPTER_FILE = re.compile(r"adapter_model\.(safetensors|bin)|adapter_config\.json")
+
+
+def _stale(name: str, written: list[str]) -> bool:
+    """Whether an old folder's entry `name` belongs to the weights that the new save (`written`) replaces: a model's
+    weights replace the old model's and any adapters (which from_pretrained would apply on top of them); adapters
+    replace old adapters only, so a base model's folder keeps its weights."""
+    model = any(WEIGHT_FILE.fullmatch(new) for new in written)
+    adapters = any(ADAPTER_FILE.fullmatch(new) for new in written)
+    if WEIGHT_FILE.fullmatch(name):
+        return model
+    return bool(ADAPTER_FILE.fullmatch(name)) and (model or adapters)
 
 
 def save_atomically(output_dir: str | Path, *savables) -> Path:
     """Save every object (`save_pretrained`, or a function of the folder) into a temporary sibling folder, then
     rename it to `output_dir`, so that a failure never leaves a half-written folder. An existing `output_dir` is
     updated as `save_pretrained` would update it: the new files replace the old, the old folder's other entries
-    (tokenizer, README, `.git`, ...) are kept, except the weight files of an earlier save."""
-    output_dir = Path(output_dir)
+    (tokenizer, README, `.git`, ...) are kept, except the weights that the new ones replace (`_stale`). A symlink is
+    followed: the folder it points to is the one updated."""
+    output_dir = Path(output_dir).resolve()  # "." has no name to build the siblings from; a link, its target
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"{output_dir} is a file, not a folder to save into")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -109,8 +144,9 @@ def save_atomically(output_dir: str | Path, *savables) -> Path:
         for obj in savables:  # objects with save_pretrained, or functions of the folder
             obj.save_pretrained(tmp) if hasattr(obj, "save_pretrained") else obj(tmp)
         if output_dir.exists():
+            written = [entry.name for entry in tmp.iterdir()]
             for entry in list(output_dir.iterdir()):
-                if not (tmp / entry.name).exists() and not WEIGHT_FILE.fullmatch(entry.name):
+                if not (tmp / entry.name).exists() and not _stale(entry.name, written):
                     entry.rename(tmp / entry.name)
                     kept.append(entry.name)
             output_dir.rename(old)
