@@ -553,17 +553,19 @@ class RecurrentGenerationMixin(GenerationMixin):
         """Raise where the inputs are documents packed into one row without padding (transformers'
         `DataCollatorWithFlattening`: position_ids that restart at 0 after a real token, or cu_seq_lens / seq_idx).
         The recurrent state would carry from each document into the next; nothing here resets it."""
-        named = [name for name in ("cu_seq_lens_q", "cu_seq_lens_k", "seq_idx") if kwargs.get(name) is not None]
+        named = next((name for name in ("cu_seq_lens_q", "cu_seq_lens_k", "seq_idx") if kwargs.get(name) is not None),
+                     None)
         position_ids = kwargs.get("position_ids")
-        if not named and position_ids is not None and position_ids.shape[-1] > 1:
+        if named is None and position_ids is not None and position_ids.shape[-1] > 1:
             restarts = position_ids[..., 1:] == 0
             if attention_mask is not None:  # a left-padded row's first real token is at 0 after padding
                 real = attention_mask[..., -position_ids.shape[-1]:].bool()  # a mask over the whole conversation
                 restarts &= real[..., :-1] & real[..., 1:]
-            named = ["position_ids"] * bool(restarts.any())
-        if named:
+            if restarts.any():
+                named = "position_ids"
+        if named is not None:
             raise ValueError(
-                f"{named[0]} marks several documents packed into one row without padding (as transformers' "
+                f"{named} marks several documents packed into one row without padding (as transformers' "
                 "DataCollatorWithFlattening does): not supported by this recurrent model, whose state would carry "
                 "from one document into the next. Pad the documents into a batch with an attention_mask instead."
             )
