@@ -194,7 +194,9 @@ def time_step(args) -> list[dict]:
             print(f"mlstm_kernels step not usable here: {error!r}", file=sys.stderr)
         from triton.testing import do_bench_cudagraph
 
-        for name, fn in ((name, fn) for name, fn in variants.items() if not skipped(args, name)):
+        for name, fn in variants.items():
+            if skipped(args, name):
+                continue
             # Replayed from a CUDA graph, as the decode loop runs it: the GPU's time, not Python's launch overhead.
             row = dict(kind="step", name=name, B=B, us=1000 * do_bench_cudagraph(fn, rep=100, return_mode="median"),
                        eager_us=1000 * bench(fn))

@@ -55,7 +55,8 @@ def package_cell(backend: str, B: int, NH: int, DH: int, dtype: str, R: torch.Te
     return cell if backend == "cuda" else cell.to(DTYPES[dtype])  # training mode: its CUDA backward needs it
 
 
-def variants(args, R, bias, device, dtype) -> dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], list] | Exception]:
+def variants(args, R, bias, device, dtype
+             ) -> dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], list] | Exception]:
     """name -> (function of the raw gate inputs x (B, S, 4 * H), gate-major, returning h (B, S, NH, DH); the tensors
     its backward computes gradients of), or the error that building it raised."""
     from xlstm_hf.kernels.slstm_torch import slstm_recurrent_sequence

@@ -20,7 +20,8 @@ from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 import xlstm_hf
 from xlstm_hf.arguments import (UsageError, at_least, check_vocabulary, folder_to_save_into, load_pretrained,
-                                load_tokenizer, number_in, positive_float, positive_int, read_data, reports_usage_errors)
+                                load_tokenizer, number_in, positive_float, positive_int, read_data,
+                                reports_usage_errors)
 from xlstm_hf.training import SFTExamples, right_padded_batch, save_atomically, use_cache_kept
 
 
@@ -31,8 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", help="tokenizer folder, if not the model's")
     parser.add_argument("--train-file", nargs="+", required=True, help=".jsonl (one object a line) or text files")
     parser.add_argument("--text-field", default="text", help="the JSON field holding the text (default: text)")
-    parser.add_argument("--output-dir", type=folder_to_save_into, required=True,
-                        help="where the adapters go")
+    parser.add_argument("--output-dir", type=folder_to_save_into, required=True, help="where the adapters go")
     parser.add_argument("--rank", type=positive_int, default=16, help="LoRA rank (default: 16)")
     parser.add_argument("--alpha", type=positive_float, default=32, help="LoRA alpha (default: 32)")
     parser.add_argument("--dropout", type=number_in(0, 1), default=0.05,  # a dropout of 1 would drop everything

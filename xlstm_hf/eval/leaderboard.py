@@ -16,6 +16,8 @@ import json
 import math
 from pathlib import Path
 
+from ..arguments import folder_to_save_into
+
 # The model card's raw lm-eval scores for NX-AI/xLSTM-7b.
 MODEL_CARD_RAW = {"BBH": 0.381, "MMLU-Pro": 0.242, "MATH": 0.036, "MuSR": 0.379, "GPQA": 0.280, "IFEval": 0.244}
 MUSR_CHOICES = {"leaderboard_musr_murder_mysteries": 2, "leaderboard_musr_object_placements": 5,
@@ -117,13 +119,13 @@ def run(model: str, batch_size: str = "auto", dtype: str = "bfloat16", device: s
 
 
 def main(argv=None) -> None:
-    from .lm_eval_model import add_run_arguments, evaluate_into, output_folder
+    from .lm_eval_model import add_run_arguments, evaluate_into
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="checkpoint folder or Hub id to evaluate")
     source.add_argument("--from-results", help="an lm-eval results JSON to normalise (no evaluation)")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--output-dir", type=folder_to_save_into, required=True)
     add_run_arguments(parser, batch_size="auto")
     args = parser.parse_args(argv)
     if args.from_results:
@@ -133,8 +135,7 @@ def main(argv=None) -> None:
             parser.error(f"--from-results {args.from_results}: {error}")
         results = results.get("results", results) if isinstance(results, dict) else {}
     else:
-        folder = output_folder(parser, args.output_dir)
-        results = evaluate_into(parser, folder, args.model, lambda: run(
+        results = evaluate_into(parser, args.output_dir, args.model, lambda: run(
             args.model, args.batch_size, args.dtype, args.device, args.kernels, args.limit))
         if results is None:  # not the first process under accelerate launch: that one reports
             return

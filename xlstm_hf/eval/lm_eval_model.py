@@ -135,29 +135,20 @@ def evaluate(model: str, tasks: list[str], dtype: str = "bfloat16", kernels: str
     return None if output is None else output["results"]
 
 
-def output_folder(parser: argparse.ArgumentParser, path: str) -> Path:
-    """A runner's `--output-dir`, made before the evaluation: a path that cannot be a folder fails in a second,
-    not after hours of evaluation whose results would have nowhere to go."""
-    folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        parser.error(f"--output-dir {path}: {error}")
-    return folder
-
-
-def evaluate_into(parser: argparse.ArgumentParser, folder: Path, model: str,
+def evaluate_into(parser: argparse.ArgumentParser, folder: str | Path, model: str,
                   evaluation: Callable[[], dict | None]) -> dict | None:
-    """`evaluation()`'s lm-eval results, saved as `folder`/lm_eval_results.json before a report is made of them. A
-    checkpoint that does not load is a usage error naming `--model`. None (and nothing written) in the processes that
-    get no results (`evaluate`)."""
+    """`evaluation()`'s lm-eval results, saved as `folder`/lm_eval_results.json before a report is made of them (the
+    runners check `folder` as they parse `--output-dir`: `arguments.folder_to_save_into`). A checkpoint that does
+    not load is a usage error naming `--model`. None (and nothing written) in the processes that get no results
+    (`evaluate`)."""
     try:
         results = evaluation()
     except CheckpointNotLoaded as error:
         parser.error(f"--model {model}: {error.reason}")
     if results is None:
         return None
-    write_atomically(folder / "lm_eval_results.json", json.dumps(results, indent=1, default=str) + "\n")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    write_atomically(Path(folder) / "lm_eval_results.json", json.dumps(results, indent=1, default=str) + "\n")
     return results
 
 

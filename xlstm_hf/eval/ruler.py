@@ -18,7 +18,7 @@ import json
 import re
 from pathlib import Path
 
-from ..arguments import positive_int
+from ..arguments import folder_to_save_into, positive_int
 
 LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072)
 PAPER_AVERAGE = {4096: 54.4, 8192: 42.9, 16384: 30.4, 32768: 18.5, 65536: 12.6, 131072: 11.4}  # xLSTM 7B, %
@@ -125,11 +125,11 @@ def run(model: str, tasks: list[str], lengths=LENGTHS, batch_size: str = "1", dt
 
 
 def main(argv=None) -> None:
-    from .lm_eval_model import add_run_arguments, evaluate_into, output_folder
+    from .lm_eval_model import add_run_arguments, evaluate_into
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (its tokenizer sizes prompts)")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--output-dir", type=folder_to_save_into, required=True)
     parser.add_argument("--lengths", type=positive_int, nargs="+", default=list(LENGTHS),
                         help="prompt lengths in tokens (default: the paper's, 4K to 128K)")
     parser.add_argument("--essays", help="local Paul Graham essays (text, or .jsonl with a 'text' field)")
@@ -137,14 +137,13 @@ def main(argv=None) -> None:
     parser.add_argument("--hotpot", help="local HotpotQA dev (distractor) JSON")
     add_run_arguments(parser, batch_size="1")
     args = parser.parse_args(argv)
-    folder = output_folder(parser, args.output_dir)
     tasks, skipped = select_tasks(args.essays, args.squad, args.hotpot)
     with local_files(args.essays, args.squad, args.hotpot):
-        results = evaluate_into(parser, folder, args.model, lambda: run(
+        results = evaluate_into(parser, args.output_dir, args.model, lambda: run(
             args.model, tasks, args.lengths, args.batch_size, args.dtype, args.device, args.kernels, args.limit))
     if results is None:  # not the first process under accelerate launch: that one reports
         return
-    md, _ = write_report(ruler_report(results, args.lengths, skipped), folder)
+    md, _ = write_report(ruler_report(results, args.lengths, skipped), args.output_dir)
     print(md.read_text())
 
 
