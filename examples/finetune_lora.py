@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 from functools import partial
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -94,10 +95,13 @@ def main(argv=None) -> None:
             trainer = Trainer(model=model, args=training, train_dataset=dataset, data_collator=collate)
             result = trainer.train()
     print(f"final training loss: {result.training_loss:.4f}")
-    save_atomically(args.output_dir, model, tokenizer)
-    if args.merge:
-        save_atomically(f"{args.output_dir}/merged", model.merge_and_unload(), tokenizer)
-    print(f"saved adapters to {args.output_dir}")
+    def save_merged(folder: Path) -> None:  # after the adapters are written: merging changes the model in place
+        model.merge_and_unload().save_pretrained(folder / "merged")
+        tokenizer.save_pretrained(folder / "merged")
+
+    # One save: a failure while merging leaves no folder with adapters but without the merged model.
+    save_atomically(args.output_dir, model, tokenizer, *([save_merged] if args.merge else []))
+    print(f"saved adapters to {args.output_dir}" + (" and the merged model to its merged/" if args.merge else ""))
 
 
 if __name__ == "__main__":

@@ -239,6 +239,28 @@ def test_converting_a_folder_keeps_its_other_files(model_folder, tmp_path):
     assert (logits(after, random_ids(1, 9)) - before).abs().max() < 1e-5
 
 
+def test_converting_a_folder_with_adapters_beside_the_model(model_folder, tmp_path, caplog):
+    from peft import LoraConfig, get_peft_model
+
+    ids = random_ids(1, 9)
+    base = AutoModelForCausalLM.from_pretrained(model_folder)
+    base_logits = logits(base, ids)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q", "v"], init_lora_weights=False)).save_pretrained(
+        model_folder)  # the adapters beside their base model, as save_atomically keeps them
+    adapted = AutoModelForCausalLM.from_pretrained(model_folder)  # transformers applies the adapters
+    assert (logits(adapted, ids) - base_logits).abs().max() > 1e-3
+    # Same weight mode: the base converted, the adapters along, so the folder loads as the source does.
+    convert_checkpoint(model_folder, tmp_path / "same", dtype=None)
+    assert (tmp_path / "same" / "adapter_config.json").is_file()
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "same"), ids), logits(adapted, ids))
+    # Another weight mode: the adapters cannot apply to the new modules; left out, and the log says so.
+    with caplog.at_level("WARNING"):
+        convert_checkpoint(model_folder, tmp_path / "fused", weight_mode="fused", dtype=None)
+    assert "adapter_config.json" in caplog.text and not (tmp_path / "fused" / "adapter_config.json").exists()
+    fused = AutoModelForCausalLM.from_pretrained(tmp_path / "fused")
+    assert fused.config.weight_mode == "fused" and (logits(fused, ids) - base_logits).abs().max() < 1e-5
+
+
 def test_exporting_code_into_a_model_folder_keeps_everything_else(model_folder):
     (model_folder / ".git").mkdir()
     (model_folder / ".git" / "HEAD").write_text("ref")

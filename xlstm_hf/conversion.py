@@ -4,14 +4,18 @@ and the original NX-AI/xLSTM-7b layout into a clean checkpoint of ours."""
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers.utils import logging
 
 from .configuration_xlstm import XLSTMConfig
 from .modeling_xlstm import XLSTMForCausalLM
-from .training import WEIGHT_FILE, save_atomically
+from .training import ADAPTER_FILE, WEIGHT_FILE, save_atomically
+
+logger = logging.get_logger(__name__)
 
 # (fused parameter, its single-mode parts in order) per block; split sizes come from the config.
 _FUSED = {
@@ -73,7 +77,9 @@ def convert_checkpoint(
     """Load a checkpoint (ours, transformers', NX-AI's original layout, or with `xlstm_large_config` an xLSTMLarge
     state-dict file), optionally change weight mode and dtype, and save a clean sharded checkpoint atomically. The
     other files of a source folder (tokenizer, model card, ...) come along, except a model card generated for the
-    source's layout (a new one is); converting a folder into itself keeps them."""
+    source's layout (a new one is); converting a folder into itself keeps them. LoRA adapters saved beside the model
+    are left out of the load (the base model is converted) and come along only if the weight mode stays: their
+    target modules are the source layout's."""
     source = Path(source)
     companions, generation_config = [], None
     if xlstm_large_config is not None:
@@ -82,10 +88,14 @@ def convert_checkpoint(
     else:
         if not (source / "config.json").is_file():
             raise FileNotFoundError(f"no config.json in {source}")
-        model = XLSTMForCausalLM.from_pretrained(source, dtype=dtype or "auto")
+        model = load_base_model(source, dtype)
         config, state_dict, generation_config = model.config, model.state_dict(), model.generation_config
         companions = companion_files(source, model)
     target_mode = weight_mode or config.weight_mode
+    if target_mode != config.weight_mode and (adapters := [p for p in companions if ADAPTER_FILE.fullmatch(p.name)]):
+        logger.warning(f"Left out {', '.join(p.name for p in adapters)}: the adapters target the {config.weight_mode} "
+                       f"weight mode's modules, which the {target_mode} mode does not have.")
+        companions = [p for p in companions if p not in adapters]
     state_dict = convert_weight_mode(state_dict, config, target_mode)
     new_config = XLSTMConfig.from_dict({**config.to_dict(), "weight_mode": target_mode})
     with torch.device("meta"):
@@ -108,6 +118,19 @@ def convert_checkpoint(
         model.save_pretrained(path, max_shard_size=max_shard_size)
 
     return save_atomically(destination, write)
+
+
+def load_base_model(folder: Path, dtype: torch.dtype | None) -> XLSTMForCausalLM:
+    """The model saved in `folder`, without the LoRA adapters that may be saved beside it: from_pretrained would apply
+    them, and the state dict would then name the adapted layers' parts instead of the weights."""
+    adapters = {entry.name for entry in folder.iterdir() if ADAPTER_FILE.fullmatch(entry.name)}
+    if not adapters:
+        return XLSTMForCausalLM.from_pretrained(folder, dtype=dtype or "auto")
+    with tempfile.TemporaryDirectory() as view:  # the folder seen without its adapters, through links
+        for entry in folder.iterdir():
+            if entry.name not in adapters:
+                (Path(view) / entry.name).symlink_to(entry.resolve())
+        return XLSTMForCausalLM.from_pretrained(view, dtype=dtype or "auto")
 
 
 def companion_files(folder: Path, model: XLSTMForCausalLM) -> list[Path]:
