@@ -206,6 +206,13 @@ def test_config_accepts_the_package_config_and_round_trips(tmp_path):
     (dict(mlstm_block={"mlstm": {"proj_factor": "2"}}), "mlstm_block.mlstm.proj_factor"),
     (dict(mlstm_block={"mlstm": {"proj_factor": float("nan")}}), "mlstm_block.mlstm.proj_factor"),
     (dict(slstm_block={"feedforward": {"proj_factor": -1.0}}), "slstm_block.feedforward.proj_factor"),
+    (dict(slstm_block={"feedforward": {"dropout": "0.1"}}), "slstm_block.feedforward.dropout"),  # at model build
+    (dict(slstm_block={"feedforward": {"dropout": 1.5}}), "slstm_block.feedforward.dropout"),
+    (dict(slstm_block={"feedforward": {"round_proj_up_dim_up": "False"}}),  # read as true, silently
+     "slstm_block.feedforward.round_proj_up_dim_up"),
+    (dict(mlstm_block={"mlstm": {"round_proj_up_dim_up": "no"}}), "mlstm_block.mlstm.round_proj_up_dim_up"),
+    (dict(slstm_block={"slstm": {"group_norm_weight": 1}}), "slstm_block.slstm.group_norm_weight"),
+    (dict(add_embedding_dropout="yes"), "add_embedding_dropout"),
 ])
 def test_config_errors_name_the_field(overrides, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):

@@ -198,8 +198,10 @@ class XLSTMStackConfig(PretrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        _probability("dropout", self.dropout)
+        for name in ("add_post_blocks_norm", "bias", "tie_weights", "weight_decay_on_embedding",
+                     "add_embedding_dropout"):
+            _flag(name, getattr(self, name))
         if self.slstm_at is None:
             self.slstm_at = "all" if self.mlstm_block is None else []
         if self.slstm_at == "all":
@@ -223,6 +225,7 @@ class XLSTMStackConfig(PretrainedConfig):
         for key in ("num_heads", "qkv_proj_blocksize", "conv1d_kernel_size", "round_proj_up_to_multiple_of"):
             _positive_int(f"mlstm_block.mlstm.{key}", mlstm[key])
         _positive_number("mlstm_block.mlstm.proj_factor", mlstm["proj_factor"])
+        _flag("mlstm_block.mlstm.round_proj_up_dim_up", mlstm["round_proj_up_dim_up"])
         inner = self.mlstm_inner_dim
         if inner < 1:
             raise ValueError(f"mlstm_block.mlstm.proj_factor={mlstm['proj_factor']} gives an empty inner width")
@@ -235,6 +238,7 @@ class XLSTMStackConfig(PretrainedConfig):
         if self.embedding_dim % slstm["num_heads"]:
             raise ValueError(f"slstm_block.slstm.num_heads={slstm['num_heads']} does not divide "
                              f"embedding_dim={self.embedding_dim}")
+        _flag("slstm_block.slstm.group_norm_weight", slstm["group_norm_weight"])
         kernel = slstm["conv1d_kernel_size"]
         if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 0:
             raise ValueError(f"slstm_block.slstm.conv1d_kernel_size must be an integer >= 0, got {kernel!r}")
@@ -254,6 +258,9 @@ class XLSTMStackConfig(PretrainedConfig):
             _positive_int("slstm_block.feedforward.round_proj_up_to_multiple_of",
                           feedforward["round_proj_up_to_multiple_of"])
             _positive_number("slstm_block.feedforward.proj_factor", feedforward["proj_factor"])
+            _probability("slstm_block.feedforward.dropout", feedforward["dropout"])
+            for key in ("bias", "round_proj_up_dim_up"):
+                _flag(f"slstm_block.feedforward.{key}", feedforward[key])
             if self.ffn_dim < 1:
                 raise ValueError(
                     f"slstm_block.feedforward.proj_factor={feedforward['proj_factor']} gives an empty width"
@@ -300,6 +307,16 @@ def _is_number(value: Any) -> bool:
 def _positive_number(name: str, value: Any) -> None:
     if not _is_number(value) or value <= 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def _probability(name: str, value: Any) -> None:
+    if not _is_number(value) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):  # a string "False" would read as true
+        raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 __all__ = ["XLSTMStackConfig"]

@@ -129,6 +129,8 @@ def mlstm(
     """The mLSTM cell over a sequence (shapes as in :mod:`.mlstm_torch`), in the form that suits it: the fused
     recurrent step for one token after a state (which the Triton step updates in place), the chunkwise form
     otherwise. `backend` is "torch" or "triton" (see :func:`resolve_backend`)."""
+    if backend not in ("torch", "triton"):
+        raise ValueError(f"backend must be 'torch' or 'triton' (see resolve_backend), got {backend!r}")
     one_step = q.shape[2] == 1 and initial_state is not None
     if backend == "triton" and q.dtype != torch.float64:
         from .mlstm_triton import mlstm_chunkwise_triton, mlstm_step_triton

@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .checks import check_shapes
 from .elementwise_triton import _round, _rows, _sigmoid
 from .mlstm_triton import _dot
 
@@ -122,6 +123,13 @@ def skinny_linear(
                          f"{tuple(weight.shape)} in {weight.dtype}")
     if residual is not None and gated:
         raise ValueError("skinny_linear adds a residual or gates, not both")
+    if gated and weight.shape[0] % 2:
+        raise ValueError(f"gated: weight must have 2N rows (gate, then z), got {weight.shape[0]}")
+    if bias is not None:
+        check_shapes("skinny_linear", x.device, bias=(bias, (weight.shape[0],)))
+        bias = bias.contiguous()
+    if residual is not None:
+        check_shapes("skinny_linear", x.device, residual=(residual, (*x.shape[:-1], N)))
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     bm, bn, bk, stages = tiling.launch(M, N, gated, x.element_size())
     res = _rows(residual) if residual is not None else y

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .checks import check_shapes, padding_mask
+
 
 @triton.jit
 def _round(x, dtype: tl.constexpr):
@@ -153,9 +155,9 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _mask_bytes(mask: torch.Tensor | None, placeholder: torch.Tensor) -> torch.Tensor:
-    """A bool padding mask as contiguous bytes, one per position (it may be a strided view of an attention mask);
-    `placeholder` stands in for the pointer when there is no mask."""
-    return mask.reshape(-1).contiguous().view(torch.uint8) if mask is not None else placeholder
+    """A padding mask from `checks.padding_mask` as bytes, one per position; `placeholder` stands in for the pointer
+    when there is no mask."""
+    return mask.reshape(-1).view(torch.uint8) if mask is not None else placeholder
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
@@ -166,7 +168,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     out = torch.empty(rows_x.shape, device=x.device, dtype=x.dtype)
     total = torch.empty_like(out) if residual is not None else rows_x
     rows_r = _rows(residual) if residual is not None else rows_x
-    _rms_norm[(rows_x.shape[0],)](rows_x, rows_r, weight, out, total, rows_x.stride(0), rows_r.stride(0),
+    _rms_norm[(rows_x.shape[0],)](rows_x, rows_r, weight.contiguous(), out, total, rows_x.stride(0), rows_r.stride(0),
                                   out.stride(0), total.stride(0), d, eps, HAS_RESIDUAL=residual is not None,
                                   BD=triton.next_power_of_2(d), num_warps=8 if d >= 4096 else 4)
     return out.view(x.shape), total.view(x.shape) if residual is not None else x
@@ -181,9 +183,9 @@ def head_norm_gate(h: torch.Tensor, o: torch.Tensor, weight: torch.Tensor, eps: 
     if o.stride(-1) != 1:
         o = o.contiguous()
     out = torch.empty(B, S, NH * DV, device=h.device, dtype=o.dtype)
-    _head_norm_gate[(B * S, NH)](h, o, weight, out, h.stride(0), h.stride(1), h.stride(2), o.stride(0), o.stride(1),
-                                 out.stride(0), out.stride(1), S, DV, eps, BD=triton.next_power_of_2(DV),
-                                 num_warps=4)
+    _head_norm_gate[(B * S, NH)](h, o, weight.contiguous(), out, h.stride(0), h.stride(1), h.stride(2), o.stride(0),
+                                 o.stride(1), out.stride(0), out.stride(1), S, DV, eps,
+                                 BD=triton.next_power_of_2(DV), num_warps=4)
     return out
 
 
@@ -203,10 +205,14 @@ def soft_cap_gates(i: torch.Tensor, f: torch.Tensor, cap: float,
     """Soft-capped gate pre-activations (B, S, NH); where `mask` (B, S) is False, i = -inf and f = +inf (the
     position leaves the state untouched)."""
     B, S, NH = i.shape
+    check_shapes("soft_cap_gates", i.device, f=(f, i.shape))
+    mask = padding_mask("soft_cap_gates", mask, B, S, i.device)
     rows_i, rows_f = _rows(i), _rows(f)
     i_out, f_out = torch.empty(B, S, NH, device=i.device, dtype=i.dtype), torch.empty(B, S, NH, device=i.device,
                                                                                        dtype=i.dtype)
     n = B * S * NH
+    if not n:
+        return i_out, f_out
     block = min(1024, triton.next_power_of_2(n))
     _soft_cap_gates[(triton.cdiv(n, block),)](rows_i, rows_f, _mask_bytes(mask, i_out), i_out, f_out, rows_i.stride(0),
                                               rows_f.stride(0), n, NH, cap, HAS_MASK=mask is not None, BN=block,
@@ -220,9 +226,14 @@ def step_gates(i: torch.Tensor, f: torch.Tensor, cap: float, mask: torch.Tensor 
     n (B, NH, DQK) and m (B, NH), contiguous, in the same launch: the snapshot `mlstm_step_triton` reads. Returns
     (i, f, n copy, m copy)."""
     B, NH = i.shape
+    dqk = n.shape[-1]
+    check_shapes("step_gates", i.device, f=(f, i.shape), n=(n, (B, NH, dqk)), m=(m, (B, NH)))
+    if not (n.is_contiguous() and m.is_contiguous()):
+        raise ValueError("step_gates: the state's n and m must be contiguous")
+    mask = padding_mask("step_gates", mask, B, 1, i.device)
+    i, f = (x if x.stride(1) == 1 else x.contiguous() for x in (i, f))  # the kernel steps through heads by 1
     i_out, f_out = (torch.empty(B, NH, device=i.device, dtype=i.dtype) for _ in range(2))
     n_old, m_old = torch.empty_like(n), torch.empty_like(m)
-    dqk = n.shape[-1]
     _step_gates[(B * NH,)](i, f, _mask_bytes(mask, i_out), n, m, i_out, f_out, n_old, m_old, i.stride(0), f.stride(0),
                            NH, dqk, cap, HAS_MASK=mask is not None, BK=triton.next_power_of_2(dqk), num_warps=1)
     return i_out, f_out, n_old, m_old

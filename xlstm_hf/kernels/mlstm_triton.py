@@ -17,8 +17,8 @@ untouched). Per (batch, head):
   tile spans a head's v dims), and nothing stored for a backward.
 * backward: ``_denominator_grads`` goes through the normaliser, ``_bw_states`` runs the state gradient backwards
   over chunks (stabilised by the forward's chunk m's; dn, like n, sums its rows rounded to the input dtype), then
-  ``_bw_dq``, ``_bw_dk`` and ``_bw_dv`` are parallel over chunks. The gate gradients follow from the identities  sum_j dlogW_tj = q_t . dq_t  and
-  sum_t dlogW_tj = k_j . dk_j, and the stabiliser's max, in one reverse scan per (batch, head): ``_gate_grads``.
+  ``_bw_dq``, ``_bw_dk`` and ``_bw_dv`` are parallel over chunks. The gate gradients follow from the identities
+  sum_j dlogW_tj = q_t . dq_t  and  sum_t dlogW_tj = k_j . dk_j, and the stabiliser's max, in one reverse scan per (batch, head): ``_gate_grads``.
   Few launches matter here: at training lengths (2K-8K) the backward is bound by the host's launch rate.
 """
 
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .checks import check_shapes, padding_mask
 from .elementwise_triton import _capped_gates, _head_norm, _mask_bytes, _output_gate, _round, head_norm_gate
 from .mlstm_torch import MLSTMState
 
@@ -659,12 +660,25 @@ def _prepare_gates(
     tl.store(CMAX + out, tl.associative_scan(i - b_t, 0, _running_max))
 
 
+def _check_sequence(function: str, q, k, v, i, f, state) -> None:
+    """The shapes of :func:`mlstm_chunkwise_triton`'s arguments, which its kernels take from q's and v's."""
+    B, NH, S, DQK = q.shape
+    DV = v.shape[-1]
+    state = dict(zip(("C", "n", "m"), state)) if state is not None else {}
+    shapes = dict(k=(B, NH, S, DQK), v=(B, NH, S, DV), i=(B, NH, S), f=(B, NH, S), C=(B, NH, DQK, DV), n=(B, NH, DQK),
+                  m=(B, NH))
+    given = dict(k=k, v=v, i=i, f=f, **state)
+    check_shapes(function, q.device, **{name: (x, shapes[name]) for name, x in given.items()})
+
+
 def _forward(q, k, v, i, f, initial_state, L, eps, tiling: Tiling, cap=None, mask=None, norm=None, save=True):
     """h (B, NH, S, DV), the final state, and what the backward needs (None unless `save`). `cap`, `mask` (B, S):
     i and f are pre-activations, soft-capped and padded in the gate preparation; `norm` = (o, weight, eps): the
     output kernel returns the gated head norm (B, S, NH * DV) instead of h (its BV must cover DV)."""
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
+    _check_sequence("mlstm_chunkwise_triton" if save else "mlstm_prefill_triton", q, k, v, i, f, initial_state)
+    mask = padding_mask("mlstm_prefill_triton", mask, B, S, q.device)
     NC = triton.cdiv(S, L)
     S_pad = NC * L
     q, k, v = (_prepare(x, S_pad) for x in (q, k, v))
@@ -700,7 +714,7 @@ def _forward(q, k, v, i, f, initial_state, L, eps, tiling: Tiling, cap=None, mas
         s_h, s_o = _strides(h), (0, 0)
     else:
         o, weight, norm_eps = norm
-        o = o if o.stride(-1) == 1 else o.contiguous()
+        o, weight = o if o.stride(-1) == 1 else o.contiguous(), weight.contiguous()
         h = torch.empty(B, S, NH * DV, device=dev, dtype=o.dtype)
         s_h, s_o = (h.stride(0), 0, h.stride(1)), o.stride()[:2]  # (batch, head: unused, position)
     _fw_outputs[(B * NH, NC * (L // BT), triton.cdiv(DV, BV))](
@@ -864,6 +878,10 @@ def mlstm_prefill_triton(
     """
     if (out_gate is None) != (norm_weight is None):
         raise ValueError("pass out_gate and norm_weight together (the head norm and output gate), or neither")
+    if out_gate is not None:
+        (B, NH, S, _), DV = q.shape, v.shape[-1]
+        check_shapes("mlstm_prefill_triton", q.device, out_gate=(out_gate, (B, S, NH * DV)),
+                     norm_weight=(norm_weight, (NH * DV,)))
     L, tiling = _chunk_size(chunk_size, q.shape[2]), (tiling or TILING).for_dtype(q.dtype)
     fuse_norm = out_gate is not None and _fit(tiling.out_bv, v.shape[-1]) >= v.shape[-1]
     with torch.no_grad():
@@ -901,6 +919,8 @@ def mlstm_step_triton(
     C, n, m = state
     B, NH, DQK = q.shape
     DV = v.shape[-1]
+    check_shapes("mlstm_step_triton", q.device, k=(k, q.shape), v=(v, (B, NH, DV)), i=(i, (B, NH)), f=(f, (B, NH)),
+                 C=(C, (B, NH, DQK, DV)), n=(n, (B, NH, DQK)), m=(m, (B, NH)))
     if not (C.is_contiguous() and n.is_contiguous() and m.is_contiguous()):
         raise ValueError("mlstm_step_triton updates the state in place: C, n and m must be contiguous")
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from .checks import check_shapes, padding_mask
 from .slstm_torch import SLSTMState
 
 # The widest head whose four recurrent matrices fit on chip (shared memory, sm_90): 4 x 64 x 64 in fp32 (fp32 models),
@@ -428,8 +429,13 @@ def slstm_triton(
         resident = DH <= widest
     elif resident and DH > widest:  # on an H100 this gave wrong gradients (fp32, head dim 80)
         raise ValueError(f"resident=True needs heads of at most {widest} for {gates_x.dtype}, got head dim {DH}")
+    if initial_state is not None and len(initial_state) != 4:
+        raise ValueError(f"slstm_triton: initial_state must be (h, c, n, m), got {len(initial_state)} tensors")
+    check_shapes("slstm_triton", gates_x.device, R=(R, (NH, DH, 4, DH)),
+                 **{f"initial_state[{n}]": (s, (B, NH, DH)) for n, s in enumerate(initial_state or ())})
     gates_x = gates_x.contiguous()
-    mask = mask.to(torch.int8).contiguous() if mask is not None else None  # as the kernels read it
+    mask = padding_mask("slstm_triton", mask, B, S, gates_x.device)
+    mask = mask.to(torch.int8) if mask is not None else None  # as the kernels read it
     if initial_state is None:
         initial_state = tuple(gates_x.new_zeros(B, NH, DH, dtype=torch.float32) for _ in range(4))
     if torch.is_grad_enabled() and any(x.requires_grad for x in (gates_x, R, *initial_state)):
