@@ -18,7 +18,8 @@ untouched). Per (batch, head):
 * backward: ``_denominator_grads`` goes through the normaliser, ``_bw_states`` runs the state gradient backwards
   over chunks (stabilised by the forward's chunk m's; dn, like n, sums its rows rounded to the input dtype), then
   ``_bw_dq``, ``_bw_dk`` and ``_bw_dv`` are parallel over chunks. The gate gradients follow from the identities
-  sum_j dlogW_tj = q_t . dq_t  and  sum_t dlogW_tj = k_j . dk_j, and the stabiliser's max, in one reverse scan per (batch, head): ``_gate_grads``.
+  sum_j dlogW_tj = q_t . dq_t  and  sum_t dlogW_tj = k_j . dk_j, and the stabiliser's max, in one reverse scan per
+  (batch, head): ``_gate_grads``.
   Few launches matter here: at training lengths (2K-8K) the backward is bound by the host's launch rate.
 """
 
