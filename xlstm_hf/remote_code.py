@@ -28,8 +28,9 @@ FILES = {
     "kernels/mlstm_triton.py": "mlstm_triton.py",
     "kernels/elementwise_triton.py": "elementwise_triton.py",
     "kernels/decode_triton.py": "decode_triton.py",
+    "kernels/checks.py": "kernel_checks.py",
 }
-RENAMES = {"kernels": "xlstm_kernels", "backend": "mlstm_backend"}
+RENAMES = {"kernels": "xlstm_kernels", "backend": "mlstm_backend", "checks": "kernel_checks"}
 AUTO_MAP = {
     "AutoConfig": "configuration_xlstm.XLSTMConfig",
     "AutoModel": "modeling_xlstm.XLSTMModel",

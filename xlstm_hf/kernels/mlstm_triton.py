@@ -67,8 +67,8 @@ def _rows_times_state(X, rows, s_x, STATE, out_offs, RED: tl.constexpr, OUT: tl.
                       S_OUT: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr, BO: tl.constexpr, IEEE: tl.constexpr,
                       VEC=None, HAS_VEC: tl.constexpr = False):
     """The (BT, BO) tile X[rows, :] @ M[:, out_offs], M a state matrix with M[r, o] at r * S_RED + o * S_OUT
-    (so C, or C^T), reduced over RED in blocks of BR. Reduced-precision inputs meet the state in their dtype.
-    With HAS_VEC also the (BT,) products X[rows, :] @ VEC (fp32), from the same loads of X."""
+    (so C, or C^T), reduced over RED in blocks of BR. bf16 inputs meet the state in their dtype; fp16 inputs meet
+    an fp32 state in 3xTF32 (`_state_dtype`). With HAS_VEC also the (BT,) products X[rows, :] @ VEC (fp32), from the same loads of X."""
     acc = tl.zeros((BT, BO), dtype=tl.float32)
     acc_vec = tl.zeros((BT,), dtype=tl.float32)
     mask_o = out_offs < OUT
@@ -78,7 +78,13 @@ def _rows_times_state(X, rows, s_x, STATE, out_offs, RED: tl.constexpr, OUT: tl.
         x = tl.load(X + rows[:, None] * s_x + offs[None, :], mask=mask_r[None, :], other=0.0)
         m = tl.load(STATE + offs[:, None] * S_RED + out_offs[None, :] * S_OUT, mask=mask_r[:, None] & mask_o[None, :],
                     other=0.0)
-        acc += _dot(x.to(tl.float32), m.to(tl.float32), True) if IEEE else _dot(x, m.to(x.dtype), False)
+        if IEEE:
+            acc += _dot(x.to(tl.float32), m.to(tl.float32), True)
+        elif STATE.dtype.element_ty == tl.float32:  # fp16 inputs: 3xTF32, as a single TF32 product (fp16's
+            # mantissa) loses what a state that large leaves after cancelling between its rows
+            acc += tl.dot(x.to(tl.float32), m, input_precision="tf32x3")
+        else:
+            acc += _dot(x, m.to(x.dtype), False)
         if HAS_VEC:
             acc_vec += tl.sum(x.to(tl.float32) * tl.load(VEC + offs, mask=mask_r, other=0.0)[None, :], axis=1)
     return acc, acc_vec
@@ -661,6 +667,13 @@ def _prepare_gates(
     tl.store(CMAX + out, tl.associative_scan(i - b_t, 0, _running_max))
 
 
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the chunk states (and their gradients) that the output and gradient kernels read: the inputs'
+    (the dots that read them run in that dtype), except fp16, whose range a state outgrows (|C| past 65504 after a
+    few hundred tokens of large k, v under a forget gate near 1); fp32 keeps the range (read in 3xTF32)."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
 def _check_sequence(function: str, q, k, v, i, f, state) -> None:
     """The shapes of :func:`mlstm_chunkwise_triton`'s arguments, which its kernels take from q's and v's."""
     B, NH, S, DQK = q.shape
@@ -690,8 +703,7 @@ def _forward(q, k, v, i, f, initial_state, L, eps, tiling: Tiling, cap=None, mas
         1.0 if cap is None else cap, NH=NH, L=L, HAS_CAP=cap is not None, HAS_MASK=mask is not None,
     )
     ieee = q.dtype == torch.float32
-    # Chunk states in the input dtype: the dots that read them run in that dtype anyway (fp32 inputs: fp32).
-    C_states = torch.empty(B * NH, NC, DQK, DV, device=dev, dtype=q.dtype)
+    C_states = torch.empty(B * NH, NC, DQK, DV, device=dev, dtype=_state_dtype(q.dtype))
     N_states = torch.empty(B * NH, NC, DQK, device=dev, dtype=f32)
     M_states = torch.empty(B * NH, NC + 1, device=dev, dtype=f32)
     C_out = torch.empty(B, NH, DQK, DV, device=dev, dtype=f32)
@@ -745,7 +757,7 @@ def _backward(saved, f, S, L, eps, dh, dC, dn, dm, need_initial, tiling: Tiling)
         NH=NH, D=DV, BR=64, BD=_fit(128, DV),
     )
 
-    DC_states = torch.empty(B * NH, NC, DQK, DV, device=dev, dtype=q.dtype)
+    DC_states = torch.empty(B * NH, NC, DQK, DV, device=dev, dtype=_state_dtype(q.dtype))
     DN_states = torch.empty(B * NH, NC, DQK, device=dev, dtype=f32)
     dC0 = torch.empty(B, NH, DQK, DV, device=dev, dtype=f32)
     dN0 = torch.empty(B, NH, DQK, device=dev, dtype=f32)
