@@ -194,6 +194,57 @@ def test_cli_generate_and_bench(model_folder):
     assert run.returncode == 0 and "decode:" in run.stdout, run.stderr
 
 
+def test_cli_on_an_xlstm_stack_checkpoint(tmp_path):
+    from test_xlstm_stack import tiny_stack
+
+    stack = tmp_path / "stack"
+    tiny_stack().save_pretrained(stack)
+    make_tokenizer().save_pretrained(stack)
+    run = cli("generate", "the way of", "--model", stack, "--max-new-tokens", 3)  # read model.kernel_backend
+    assert run.returncode == 0 and run.stdout.startswith("the way of") and "torch kernels" in run.stderr, run.stderr
+    # convert and the remote-code bundle are the xLSTM 7B family's: a stack model became a random 7B-style one.
+    for args in (("convert", stack, tmp_path / "converted"), ("export", "--remote-code", tmp_path / "bundle",
+                                                              "--model", stack)):
+        run = cli(*args)
+        assert run.returncode == 2 and "model_type 'xlstm_stack'" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "converted").exists() and not (tmp_path / "bundle").exists()
+    before = sorted(p.name for p in stack.iterdir())
+    run = cli("export", "--remote-code", stack)  # the code into the folder itself
+    assert run.returncode == 2 and "model_type 'xlstm_stack'" in run.stderr
+    assert sorted(p.name for p in stack.iterdir()) == before
+
+
+def test_cli_export_into_a_folder_without_a_readable_config_writes_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    run = cli("export", "--remote-code", tmp_path / "empty")  # it said "wrote a remote-code bundle": code only
+    assert run.returncode == 2 and "no config.json" in run.stderr and not list((tmp_path / "empty").iterdir())
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{model_type: xlstm")
+    run = cli("export", "--remote-code", tmp_path / "broken")
+    assert run.returncode == 2 and "config.json is not a JSON config" in run.stderr
+    assert [p.name for p in (tmp_path / "broken").iterdir()] == ["config.json"]
+
+
+def test_cli_damaged_checkpoints_are_one_line_errors(model_folder, tmp_path):
+    config = json.loads((model_folder / "config.json").read_text())
+    mismatched = tmp_path / "mismatched"
+    mismatched.mkdir()
+    for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (mismatched / name).write_bytes((model_folder / name).read_bytes())
+    (mismatched / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 7}))
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (truncated / name).write_bytes((model_folder / name).read_bytes())
+    (truncated / "model.safetensors").write_bytes((model_folder / "model.safetensors").read_bytes()[:1000])
+    for folder in (mismatched, truncated):
+        for args in (("generate", "the", "--model", folder, "--max-new-tokens", 1),
+                     ("convert", folder, tmp_path / "out")):
+            run = cli(*args)
+            assert run.returncode == 2 and "Traceback" not in run.stderr and str(folder) in run.stderr, run.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_generate_puts_a_bos_token_first_where_the_checkpoint_asks(model_folder, tmp_path, monkeypatch, capsys):
     prompts, generate = [], XLSTMForCausalLM.generate
 

@@ -36,9 +36,11 @@ def reports_usage_errors(main: Callable) -> Callable:
 def load_pretrained(loader: Any, option: str, name: str, **kwargs: Any) -> Any:
     """`loader.from_pretrained(name, **kwargs)` for an Auto class (model or tokenizer); a `name` that cannot be loaded
     (neither a folder here nor a Hub id that could be fetched) is a `UsageError` naming `option`."""
+    from safetensors import SafetensorError
+
     try:
         return loader.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # RuntimeError: weights of another shape
         raise UsageError(f"{option} {name}: {error}") from None
 
 

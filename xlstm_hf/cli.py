@@ -143,7 +143,7 @@ def cmd_convert(args) -> None:
                            ) from None
     except (RuntimeError, ValueError) as error:  # load_state_dict's size mismatches, missing weights, a bad config
         if large_config is None:
-            raise
+            raise CommandError(f"{args.source}: {error}") from None
         raise CommandError(f"{args.source} does not fit --xlstm-large-config {args.xlstm_large_config}: {error}"
                            ) from None
     except OSError as error:  # no weights, a config.json that is not JSON, an unwritable destination: named in it

@@ -3,6 +3,7 @@ and the original NX-AI/xLSTM-7b layout into a clean checkpoint of ours."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -86,8 +87,10 @@ def convert_checkpoint(
         config = XLSTMConfig(**xlstm_large_config)
         state_dict = from_xlstm_large_state_dict(_load_state_dict(source))
     else:
-        if not (source / "config.json").is_file():
-            raise FileNotFoundError(f"no config.json in {source}")
+        model_type = checkpoint_model_type(source / "config.json")
+        if model_type != XLSTMConfig.model_type:
+            raise ValueError(f"{source} holds model_type {model_type!r}: convert takes xLSTM 7B checkpoints "
+                             f"(model_type {XLSTMConfig.model_type!r}: ours, transformers', NX-AI's)")
         model = load_base_model(source, dtype)
         config, state_dict, generation_config = model.config, model.state_dict(), model.generation_config
         companions = companion_files(source, model)
@@ -120,17 +123,35 @@ def convert_checkpoint(
     return save_atomically(destination, write)
 
 
+def checkpoint_model_type(config_file: Path) -> str | None:
+    """The `model_type` in a checkpoint's config.json; a missing or unreadable file raises an error naming it."""
+    if not config_file.is_file():
+        raise FileNotFoundError(f"no config.json in {config_file.parent}")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{config_file} is not a JSON config: {error}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file} is not a JSON object")
+    return config.get("model_type")
+
+
 def load_base_model(folder: Path, dtype: torch.dtype | None) -> XLSTMForCausalLM:
-    """The model saved in `folder`, without the LoRA adapters that may be saved beside it: from_pretrained would apply
-    them, and the state dict would then name the adapted layers' parts instead of the weights."""
+    """The model saved in `folder`, without the LoRA adapters that may be saved beside it (from_pretrained would apply
+    them, and the state dict would then name the adapted layers' parts instead of the weights). Weights the files
+    lack are an error: from_pretrained would only log them, and initialise them at random."""
     adapters = {entry.name for entry in folder.iterdir() if ADAPTER_FILE.fullmatch(entry.name)}
-    if not adapters:
-        return XLSTMForCausalLM.from_pretrained(folder, dtype=dtype or "auto")
-    with tempfile.TemporaryDirectory() as view:  # the folder seen without its adapters, through links
-        for entry in folder.iterdir():
-            if entry.name not in adapters:
-                (Path(view) / entry.name).symlink_to(entry.resolve())
-        return XLSTMForCausalLM.from_pretrained(view, dtype=dtype or "auto")
+    with tempfile.TemporaryDirectory() as view:
+        if adapters:  # the folder seen without its adapters, through links
+            for entry in folder.iterdir():
+                if entry.name not in adapters:
+                    (Path(view) / entry.name).symlink_to(entry.resolve())
+        model, info = XLSTMForCausalLM.from_pretrained(view if adapters else folder, dtype=dtype or "auto",
+                                                       output_loading_info=True)
+    missing = sorted(set(info["missing_keys"]) - ({"lm_head.weight"} if model.config.tie_word_embeddings else set()))
+    if missing:
+        raise ValueError(f"the checkpoint in {folder} lacks {len(missing)} weights, e.g. {missing[:3]}")
+    return model
 
 
 def companion_files(folder: Path, model: XLSTMForCausalLM) -> list[Path]:

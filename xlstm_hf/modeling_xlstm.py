@@ -728,10 +728,14 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
     def save_pretrained(self, save_directory, is_main_process: bool = True, state_dict: dict | None = None,
                         **kwargs) -> None:
         """transformers' save_pretrained, plus a generated model card (README.md) when the folder has none. Tied
-        embeddings are saved twice: vanilla transformers' xLSTM never ties, and would leave its head random."""
-        if state_dict is None and self.lm_head.weight is self.get_input_embeddings().weight:
-            # A copy, not the shared tensor, which save_pretrained would drop as an alias; ours re-ties on loading.
-            state_dict = {**self.state_dict(), "lm_head.weight": self.lm_head.weight.detach().clone()}
+        embeddings are saved twice, also from a `state_dict` passed in (the Trainer's and accelerate's saves):
+        vanilla transformers' xLSTM never ties, and would leave its head random."""
+        if self.lm_head.weight is self.get_input_embeddings().weight:
+            source = self.state_dict() if state_dict is None else state_dict
+            embeddings = source.get("backbone.embeddings.weight")
+            if embeddings is not None:
+                # A copy, not the shared tensor, which save_pretrained would drop as an alias; ours re-ties on loading.
+                state_dict = {**source, "lm_head.weight": embeddings.detach().clone()}
         super().save_pretrained(save_directory, is_main_process, state_dict, **kwargs)
         card = os.path.join(save_directory, "README.md")
         if is_main_process and not os.path.exists(card):

@@ -321,6 +321,12 @@ class XLSTMStackPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _is_stateful = True
 
+    @property
+    def kernel_backend(self) -> str:
+        """The mLSTM and sLSTM kernels this model runs on its device: "triton" or "torch" (see
+        `xlstm_hf.kernels.backend`)."""
+        return resolve_backend(self.device)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         config, dim = self.config, self.config.embedding_dim

@@ -8,7 +8,8 @@ import json
 import re
 from pathlib import Path
 
-from .conversion import companion_files, copy_files
+from .configuration_xlstm import XLSTMConfig
+from .conversion import checkpoint_model_type, companion_files, copy_files
 from .training import save_atomically, write_atomically
 
 PACKAGE = Path(__file__).resolve().parent
@@ -56,6 +57,14 @@ def export_remote_code(folder: str | Path, model=None, model_folder: str | Path 
     `model_folder` (tokenizer, ...; see `conversion.companion_files`). Without one, the folder's other files
     (weights, tokenizer, `.git`, ...) stay as they are, and each file written replaces its old version atomically."""
     folder = Path(folder)
+    if model is not None:
+        model_type = model.config.model_type
+    else:  # the folder's own checkpoint, checked before anything is written into it
+        model_type = checkpoint_model_type(folder / "config.json")
+
+    if model_type != XLSTMConfig.model_type:  # the bundle holds the xLSTM 7B family's code only
+        raise ValueError(f"the remote-code bundle runs xLSTM 7B models (model_type {XLSTMConfig.model_type!r}), "
+                         f"not model_type {model_type!r}")
 
     def write(path: Path) -> None:
         if model is not None:
@@ -65,10 +74,9 @@ def export_remote_code(folder: str | Path, model=None, model_folder: str | Path 
         for source, name in FILES.items():
             write_atomically(path / name, flatten((PACKAGE / source).read_text(encoding="utf-8")))
         config_file = path / "config.json"
-        if config_file.is_file():
-            config = json.loads(config_file.read_text())
-            config["auto_map"] = AUTO_MAP
-            write_atomically(config_file, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        config = json.loads(config_file.read_text())
+        config["auto_map"] = AUTO_MAP
+        write_atomically(config_file, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     if model is not None:
         return save_atomically(folder, write)
