@@ -92,7 +92,7 @@ def test_the_default_model_loads_in_vanilla_transformers(tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [{"tie_word_embeddings": True}, {"use_bias": True}, {"add_out_norm": False},
-                                       {"hidden_size": 96, "num_heads": 4}])
+                                       {"hidden_size": 96, "num_heads": 4}, {"mode": "train"}])
 def test_the_model_card_is_right_about_vanilla_transformers(tmp_path, overrides):
     """`hub.vanilla_limits`, which the model card states, against vanilla transformers running the checkpoint (its
     card said use_bias=True checkpoints run there, where the final norm's bias is dropped)."""

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer, xLSTMConfig
 
 from helpers import copy_forcing_bos, make_tokenizer, random_ids, tiny_config, tiny_model
@@ -34,9 +35,11 @@ def test_save_for_hub_writes_a_complete_repository(tmp_path):
     assert len([n for n in names if n.endswith(".safetensors")]) > 1
     xLSTMConfig.from_pretrained(folder)  # vanilla transformers' strict validation
     card = (folder / "README.md").read_text()
-    header = card.split("---")[1]
-    for line in ("library_name: transformers", "pipeline_tag: text-generation", "- xlstm", "- NX-AI/xLSTM-7b"):
-        assert line in header
+    metadata = ModelCard(card).data  # huggingface_hub's own YAML reading
+    assert metadata.library_name == "transformers" and metadata.pipeline_tag == "text-generation"
+    assert "xlstm" in metadata.tags and metadata.base_model == ["NX-AI/xLSTM-7b"]
+    odd = ["license: mit", "[experimental]", "#1", "yes", "3.5"]  # a mapping, a list, null, a bool, a number
+    assert ModelCard(model_card(model, tags=odd)).data.tags[-5:] == odd
     assert 'from_pretrained("me/tiny-xlstm")' in card and "kernels" in card
     assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(folder), random_ids(1, 5)),
                        logits(model, random_ids(1, 5)))

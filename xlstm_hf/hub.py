@@ -4,6 +4,7 @@ everything before the upload works offline."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,8 @@ def vanilla_limits(config) -> list[str]:
         limits.append("add_out_norm=False (it applies the final norm whatever the flag says)")
     if config.use_bias:
         limits.append("use_bias=True (its final norm has no bias: it drops that weight)")
+    if config.mode == "train":
+        limits.append(f'mode "train" (it then takes only lengths divisible by chunk_size={config.chunk_size})')
     return limits
 
 
@@ -33,10 +36,13 @@ def model_card(model: XLSTMForCausalLM, repo_id: str | None = None, base_model: 
     config = model.config
     params = sum(p.numel() for p in model.parameters())
     name = repo_id or "path/to/this/folder"
+    # Tags and the base model as JSON strings, which YAML reads as strings whatever they hold ("license: mit",
+    # "[x]", "yes" and "3.5" were read as a mapping, a list, a bool and a number).
     metadata = ["---", "library_name: transformers", "pipeline_tag: text-generation", "license: other", "tags:",
-                *(f"- {tag}" for tag in dict.fromkeys(["xlstm", "mlstm", "recurrent", "xlstm_hf", *(tags or [])]))]
+                *(f"- {json.dumps(tag)}" for tag in dict.fromkeys(["xlstm", "mlstm", "recurrent", "xlstm_hf",
+                                                                   *(tags or [])]))]
     if base_model:
-        metadata += ["base_model:", f"- {base_model}"]
+        metadata += ["base_model:", f"- {json.dumps(base_model)}"]
     metadata.append("---")
     limits = vanilla_limits(config)
     xlstm_hf_link = "[xlstm_hf](https://pypi.org/project/xlstm_hf/)"
