@@ -293,6 +293,23 @@ def test_converting_a_folder_keeps_its_other_files(model_folder, tmp_path):
     assert (logits(after, random_ids(1, 9)) - before).abs().max() < 1e-5
 
 
+def test_converting_a_repository_saved_for_the_hub_makes_its_card_anew(tmp_path):
+    model = tiny_model()
+    arguments = dict(repo_id="me/tiny-xlstm", base_model="NX-AI/xLSTM-7b", tags=["code"])
+    save_for_hub(model, tmp_path / "repo", make_tokenizer(), **arguments)
+    convert_checkpoint(tmp_path / "repo", tmp_path / "fused", weight_mode="fused", dtype=None)
+    fused = AutoModelForCausalLM.from_pretrained(tmp_path / "fused")
+    card = (tmp_path / "fused" / "README.md").read_text()
+    # It kept the single-mode card, which said plain transformers loads the checkpoint.
+    assert card == model_card(fused, **arguments) != (tmp_path / "repo" / "README.md").read_text()
+    assert "cannot run it" in card and ModelCard(card).data.base_model == ["NX-AI/xLSTM-7b"]
+    # A card someone edited is theirs: it comes along as it is.
+    edited = (tmp_path / "repo" / "README.md").read_text().replace("An xLSTM language model", "My model")
+    (tmp_path / "repo" / "README.md").write_text(edited)
+    convert_checkpoint(tmp_path / "repo", tmp_path / "fused2", weight_mode="fused", dtype=None)
+    assert (tmp_path / "fused2" / "README.md").read_text() == edited
+
+
 def test_converting_a_folder_with_adapters_beside_the_model(model_folder, tmp_path, caplog):
     from peft import LoraConfig, get_peft_model
 

@@ -82,7 +82,7 @@ def convert_checkpoint(
     are left out of the load (the base model is converted) and come along only if the weight mode stays: their
     target modules are the source layout's."""
     source = Path(source)
-    companions, generation_config = [], None
+    companions, generation_config, card = [], None, None
     if xlstm_large_config is not None:
         config = XLSTMConfig(**xlstm_large_config)
         state_dict = from_xlstm_large_state_dict(_load_state_dict(source))
@@ -93,7 +93,7 @@ def convert_checkpoint(
                              f"(model_type {XLSTMConfig.model_type!r}: ours, transformers', NX-AI's)")
         model = load_base_model(source, dtype)
         config, state_dict, generation_config = model.config, model.state_dict(), model.generation_config
-        companions = companion_files(source, model)
+        companions, card = companion_files(source, model), generated_card_arguments(source / "README.md", model)
     target_mode = weight_mode or config.weight_mode
     if target_mode != config.weight_mode and (adapters := [p for p in companions if ADAPTER_FILE.fullmatch(p.name)]):
         logger.warning(f"Left out {', '.join(p.name for p in adapters)}: the adapters target the {config.weight_mode} "
@@ -118,6 +118,10 @@ def convert_checkpoint(
 
     def write(path: Path) -> None:
         copy_files(companions, path)
+        if card is not None:  # the source's generated card, made anew for this layout with the same repo and tags
+            from .hub import model_card  # the hub module builds on the modeling one
+
+            (path / "README.md").write_text(model_card(model, **card), encoding="utf-8")
         model.save_pretrained(path, max_shard_size=max_shard_size)
 
     return save_atomically(destination, write)
@@ -159,7 +163,7 @@ def companion_files(folder: Path, model: XLSTMForCausalLM) -> list[Path]:
     without a model card `save_pretrained` generated for `model`: that one describes `model`'s layout (weight mode,
     whether plain transformers loads it), so a converted checkpoint gets its own."""
     return [p for p in folder.iterdir() if p.is_file() and not WEIGHT_FILE.fullmatch(p.name)
-            and not is_generated_card(p, model)]
+            and generated_card_arguments(p, model) is None]
 
 
 def copy_files(files: list[Path], folder: Path) -> None:
@@ -169,11 +173,16 @@ def copy_files(files: list[Path], folder: Path) -> None:
         shutil.copy2(file, folder / file.name)
 
 
-def is_generated_card(path: Path, model: XLSTMForCausalLM) -> bool:
-    """Whether `path` is the model card `save_pretrained` generated for `model`."""
-    from .hub import model_card  # the hub module builds on the modeling one
+def generated_card_arguments(path: Path, model: XLSTMForCausalLM) -> dict | None:
+    """If `path` is a model card that `hub.model_card` generated for `model` (by `save_pretrained`, `save_for_hub` or
+    `push_to_hub`) and nobody edited, the arguments it was generated with; else None."""
+    from .hub import card_arguments, model_card  # the hub module builds on the modeling one
 
-    return path.name == "README.md" and path.read_text(encoding="utf-8", errors="replace") == model_card(model)
+    if path.name != "README.md" or not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    arguments = card_arguments(text)
+    return arguments if arguments is not None and text == model_card(model, **arguments) else None
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:

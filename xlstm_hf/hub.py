@@ -30,9 +30,27 @@ def vanilla_limits(config) -> list[str]:
     return limits
 
 
+CARD_MARK = "<!-- written by xlstm_hf.hub.model_card: "
+
+
+def card_arguments(text: str) -> dict | None:
+    """The arguments (repo_id, base_model, tags) that `model_card` wrote the card `text` with, from the mark it ends
+    with; None for another card."""
+    last = text.rstrip("\n").rsplit("\n", 1)[-1]
+    if not (last.startswith(CARD_MARK) and last.endswith(" -->")):
+        return None
+    try:
+        arguments = json.loads(last[len(CARD_MARK):-len(" -->")])
+    except ValueError:
+        return None
+    return arguments if isinstance(arguments, dict) and set(arguments) == {"repo_id", "base_model", "tags"} else None
+
+
 def model_card(model: XLSTMForCausalLM, repo_id: str | None = None, base_model: str | None = None,
                tags: list[str] | None = None) -> str:
-    """README.md with YAML metadata (library, pipeline, tags, base model), the architecture and a usage snippet."""
+    """README.md with YAML metadata (library, pipeline, tags, base model), the architecture and a usage snippet. It
+    ends with a mark (an HTML comment, not shown on the Hub) that names the arguments, so that a conversion tells
+    this card from one a person wrote or edited, and writes the converted model's card with the same arguments."""
     config = model.config
     params = sum(p.numel() for p in model.parameters())
     name = repo_id or "path/to/this/folder"
@@ -74,7 +92,8 @@ inputs = tokenizer("The xLSTM is", return_tensors="pt")
 print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0]))
 ```
 """
-    return "\n".join(metadata) + "\n" + body
+    mark = CARD_MARK + json.dumps({"repo_id": repo_id, "base_model": base_model, "tags": tags}) + " -->\n"
+    return "\n".join(metadata) + "\n" + body + "\n" + mark
 
 
 def save_for_hub(model: XLSTMForCausalLM, folder: str | Path, tokenizer=None, repo_id: str | None = None,
