@@ -45,10 +45,13 @@ def test_save_for_hub_writes_a_complete_repository(tmp_path):
                        logits(model, random_ids(1, 5)))
 
 
-def test_push_to_hub_hands_every_file_to_one_commit(tmp_path):
+def test_push_to_hub_hands_every_file_to_one_commit(tmp_path, monkeypatch):
     calls = {}
 
     class FakeApi:  # records what would go over the network
+        def __init__(self, token=None):
+            calls["token"] = token
+
         def create_repo(self, repo_id, private=None, exist_ok=False):
             calls["repo"] = (repo_id, private, exist_ok)
 
@@ -76,6 +79,15 @@ def test_push_to_hub_hands_every_file_to_one_commit(tmp_path):
     assert "mine" in ModelCard(calls["card"]).data.tags
     with pytest.raises(TypeError, match="bogus"):
         tiny_model().push_to_hub("me/tiny", api=FakeApi(), bogus=1)
+    # save_pretrained(push_to_hub=True) uploads the folder as saved, our card in it (transformers uploaded its
+    # template card), to the folder's name by default.
+    monkeypatch.setattr("xlstm_hf.hub.HfApi", FakeApi)
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "tiny-repo", push_to_hub=True, token="t", commit_message="c", private=False)
+    assert calls["token"] == "t" and calls["repo"] == ("tiny-repo", False, True)
+    assert calls["card"] == model_card(model) == (tmp_path / "tiny-repo" / "README.md").read_text()
+    assert calls["paths"] == sorted(p.name for p in (tmp_path / "tiny-repo").iterdir())
+    assert calls["commit"]["message"] == "c"
 
 
 @pytest.mark.parametrize("overrides, limit", [({}, None), ({"weight_mode": "fused"}, "weight_mode"),

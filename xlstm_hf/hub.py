@@ -116,14 +116,29 @@ def push_to_hub(model: XLSTMForCausalLM, repo_id: str, tokenizer=None, base_mode
     """Create the repository if needed and upload every file of `save_for_hub` in one commit (to the branch
     `revision`, created if missing, or as a pull request with `create_pr`). The keywords are transformers'
     `push_to_hub`'s; `api` stands in for `HfApi(token=token)`."""
-    api = api or HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_for_hub(model, Path(tmp) / "repo", tokenizer, repo_id, base_model, max_shard_size, tags)
-        operations = [CommitOperationAdd(path_in_repo=str(file.relative_to(folder)), path_or_fileobj=str(file))
-                      for file in sorted(folder.rglob("*")) if file.is_file()]
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        if revision is not None:
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        return api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message or
-                                 "Upload xLSTM", commit_description=commit_description, revision=revision,
-                                 create_pr=create_pr)
+        return commit_folder(api or HfApi(token=token), folder, repo_id, private=private,
+                             commit_message=commit_message, commit_description=commit_description, revision=revision,
+                             create_pr=create_pr)
+
+
+def commit_folder(api: HfApi, folder: Path, repo_id: str, *, private: bool | None = None,
+                  commit_message: str | None = None, commit_description: str | None = None,
+                  revision: str | None = None, create_pr: bool = False):
+    """Create the repository if needed and upload every file of `folder` in one commit (to the branch `revision`,
+    created if missing, or as a pull request with `create_pr`)."""
+    operations = [CommitOperationAdd(path_in_repo=str(file.relative_to(folder)), path_or_fileobj=str(file))
+                  for file in sorted(folder.rglob("*")) if file.is_file()]
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision is not None:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    return api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message or "Upload xLSTM",
+                             commit_description=commit_description, revision=revision, create_pr=create_pr)
+
+
+def push_saved_folder(folder: str | Path, repo_id: str | None = None, token: str | bool | None = None, **options):
+    """`save_pretrained(folder, push_to_hub=True)`: the folder as saved, our model card in it, in one commit to
+    `repo_id` (default: the folder's name, as transformers does). `options` as `commit_folder`'s."""
+    folder = Path(folder)
+    return commit_folder(HfApi(token=token), folder, repo_id or folder.resolve().name, **options)

@@ -729,7 +729,14 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
                         **kwargs) -> None:
         """transformers' save_pretrained, plus a generated model card (README.md) when the folder has none. Tied
         embeddings are saved twice, also from a `state_dict` passed in (the Trainer's and accelerate's saves):
-        vanilla transformers' xLSTM never ties, and would leave its head random."""
+        vanilla transformers' xLSTM never ties, and would leave its head random. With `push_to_hub=True` the folder
+        is uploaded as saved, card included, in one commit (transformers would upload its template card instead);
+        `repo_id`, `private`, `token`, `commit_message`, `commit_description`, `revision`, `create_pr` as for
+        `push_to_hub`. Needs the network."""
+        push = kwargs.pop("push_to_hub", False)
+        hub_options = {name: kwargs.pop(name) for name in ("repo_id", "private", "token", "commit_message",
+                                                           "commit_description", "revision", "create_pr")
+                       if name in kwargs}
         if self.lm_head.weight is self.get_input_embeddings().weight:
             source = self.state_dict() if state_dict is None else state_dict
             embeddings = source.get("backbone.embeddings.weight")
@@ -743,6 +750,10 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
 
             with open(card, "w", encoding="utf-8") as handle:
                 handle.write(model_card(self))
+        if push and is_main_process:
+            from .hub import push_saved_folder
+
+            push_saved_folder(save_directory, **hub_options)
 
     def push_to_hub(self, repo_id: str, tokenizer=None, base_model: str | None = None, **kwargs):
         """Upload a complete repository in one commit: sharded safetensors, config, generation config, the
