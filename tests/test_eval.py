@@ -205,6 +205,11 @@ def test_ruler_lengths_the_paper_did_not_run(tmp_path, monkeypatch):
     text = (tmp_path / "ruler.md").read_text()
     assert "| **average** | **60.0** | **25.0** |" in text and "| paper (xLSTM 7B) | - | 54.4 |" in text
     assert json.loads((tmp_path / "lm_eval_results.json").read_text()) == results  # kept, as the leaderboard's
+    # A length none of whose samples ran (lm-eval's --limit takes the first length's) is named, not silently dropped.
+    results = {"niah_single_1": {"1024,none": 0.5, "4096,none": -1}}
+    ruler.main(["--model", "m", "--output-dir", str(tmp_path), "--lengths", "1024", "4096"])
+    assert "Not run (no sample of these lengths" in (tmp_path / "ruler.md").read_text()
+    assert json.loads((tmp_path / "ruler.json").read_text())["lengths_not_run"] == [4096]
 
 
 def test_leaderboard_results_file_that_is_missing_broken_or_empty(tmp_path, capsys):
@@ -260,6 +265,35 @@ def test_lm_eval_subcommands_reach_lm_eval_with_our_model(monkeypatch):
     for argv, command, model in cases:
         run_lm_eval_cli(argv)
         assert seen[-1].command == command and getattr(seen[-1], "model", None) == model, argv
+    # A --config file names its model: an injected --model would override it (command-line values win in lm-eval).
+    monkeypatch.setattr(sys, "argv", [])
+    run_lm_eval_cli(["run", "--config", "c.yaml"])
+    assert "xlstm" not in sys.argv
+
+
+def test_generation_length_under_any_of_lm_evals_names_sizes_auto_batches(setup, monkeypatch):
+    from types import SimpleNamespace
+
+    from lm_eval.models.huggingface import HFLM
+
+    monkeypatch.setattr(HFLM, "generate_until", lambda self, requests, disable_tqdm=False: [])
+    lm = XLSTMLM(pretrained=str(setup[0]), device="cpu", kernels="torch", batch_size="auto")
+    prompt = " ".join(WORDS[:10])
+    for name in ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens"):
+        lm.generate_until([SimpleNamespace(args=(prompt, {name: 600}))])
+        assert lm._longest_request == len(lm.tok_encode(prompt)) + 600, name  # max_new_tokens: the default 256
+
+
+def test_runner_evaluates_a_checkpoint_whose_path_has_a_comma(setup, tmp_path):
+    import shutil
+
+    from xlstm_hf.eval.lm_eval_model import evaluate
+
+    model_path, tasks_dir = setup
+    shutil.copytree(model_path, tmp_path / "a,b")  # lm-eval's "k=v,k=v" model_args split it at the comma
+    results = evaluate(str(tmp_path / "a,b"), ["xlstm_local_ll"], dtype="float32", kernels="torch", device="cpu",
+                       limit=2, task_manager=TaskManager(include_path=str(tasks_dir)))
+    assert results["xlstm_local_ll"]
 
 
 def test_a_peft_adapter_through_lm_eval(setup, tmp_path):
@@ -294,6 +328,13 @@ def test_runners_check_their_arguments_before_evaluating(runner, tmp_path, monke
     with pytest.raises(SystemExit) as exited:
         module.main(["--model", "m", "--output-dir", str(tmp_path / "a_file"), "--device", "cpu"])
     assert exited.value.code == 2 and f"--output-dir: {tmp_path / 'a_file'} is a file" in capsys.readouterr().err
+    # Tracebacks from inside lm-eval, after the model had loaded; a RULER length whose synthesis never ends.
+    bad = [("--batch-size", "foo"), ("--batch-size", "auto:0"), ("--dtype", "foo")]
+    bad += [("--lengths", "512")] if runner == "ruler" else []
+    for option, value in bad:
+        with pytest.raises(SystemExit) as exited:
+            module.main(["--model", "m", "--output-dir", str(tmp_path / "out"), option, value])
+        assert exited.value.code == 2 and f"argument {option}" in capsys.readouterr().err
     monkeypatch.undo()
     with pytest.raises(SystemExit) as exited:  # the real evaluation: lm-eval loads the model first
         module.main(["--model", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "out"), "--device", "cpu"])

@@ -56,7 +56,8 @@ class XLSTMLM(HFLM):
             raise TypeError(f"{pretrained} loaded as {type(base).__name__}, not an xLSTM checkpoint")
 
     def generate_until(self, requests, disable_tqdm: bool = False):
-        self._size_batches_by(requests, lambda r: r.args[1].get("max_gen_toks", self.max_gen_toks))
+        self._size_batches_by(requests, lambda r: next((r.args[1][name] for name in GENERATION_LENGTH_NAMES
+                                                       if r.args[1].get(name) is not None), self.max_gen_toks))
         return super().generate_until(requests, disable_tqdm)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
@@ -90,6 +91,10 @@ class XLSTMLM(HFLM):
             self._max_length = max_length
 
 
+# lm-eval's names for the number of tokens to generate (`normalize_gen_kwargs` maps the others onto max_gen_toks).
+GENERATION_LENGTH_NAMES = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
+
+
 def checkpoint_config(pretrained, kwargs: dict):
     """The config of HFLM's `pretrained` (a model, or a folder or Hub id at `revision`/`subfolder`); None when it does
     not load (HFLM's own load then reports it)."""
@@ -108,8 +113,9 @@ def run_lm_eval_cli(argv: list[str]) -> None:
     from lm_eval.__main__ import cli_evaluate
 
     argv = list(argv)
-    chooses_model = any(arg == "--model" or arg.startswith("--model=") for arg in argv)
-    if not chooses_model and argv[:1] not in (["ls"], ["validate"]):
+    # A model named on the command line or in a --config file (whose values the command line's would override).
+    chooses_model = any(arg in ("--model", "--config") or arg.startswith(("--model=", "--config=")) for arg in argv)
+    if argv and not chooses_model and argv[:1] not in (["ls"], ["validate"]):  # no arguments: lm-eval's help
         at = 1 if argv[:1] == ["run"] else 0
         argv[at:at] = ["--model", "xlstm"]
     sys.argv = ["lm-eval", *argv]
@@ -118,11 +124,20 @@ def run_lm_eval_cli(argv: list[str]) -> None:
 
 def add_run_arguments(parser: argparse.ArgumentParser, batch_size: str) -> None:
     """The options every runner passes on to lm-eval (`--batch-size` defaults differ per benchmark)."""
-    parser.add_argument("--batch-size", default=batch_size, help=f"lm-eval batch size (default: {batch_size})")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--batch-size", type=batch_size_type, default=batch_size,
+                        help=f"lm-eval batch size: N, auto or auto:N (default: {batch_size})")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--kernels", default="auto", choices=["auto", "torch", "triton"])
     parser.add_argument("--limit", type=positive_int, help="documents per task (a smoke test, not a score)")
+
+
+def batch_size_type(text: str) -> str:
+    """lm-eval's batch size, checked before any work: a positive integer, `auto`, or `auto:N`."""
+    number = text.split(":", 1)[1] if text.startswith("auto:") else text
+    if text != "auto" and not (number.isdigit() and int(number) > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, auto or auto:N, got {text!r}")
+    return text
 
 
 def evaluate(model: str, tasks: list[str], dtype: str = "bfloat16", kernels: str = "auto", **kwargs) -> dict | None:
@@ -130,7 +145,8 @@ def evaluate(model: str, tasks: list[str], dtype: str = "bfloat16", kernels: str
     other than the first under `accelerate launch` (lm-eval gathers the results in the first)."""
     from lm_eval import simple_evaluate
 
-    output = simple_evaluate(model="xlstm", model_args=f"pretrained={model},dtype={dtype},kernels={kernels}",
+    # A dict, not lm-eval's "k=v,k=v" string, which a comma in the path would split.
+    output = simple_evaluate(model="xlstm", model_args=dict(pretrained=model, dtype=dtype, kernels=kernels),
                              tasks=tasks, **kwargs)
     return None if output is None else output["results"]
 

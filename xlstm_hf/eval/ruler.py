@@ -89,8 +89,9 @@ def ruler_report(results: dict, lengths=LENGTHS, skipped: dict | None = None) ->
     average = {n: sum(s[n] for s in per_task.values() if n in s) / sum(n in s for s in per_task.values())
                for n in lengths if any(n in s for s in per_task.values())}
     paper_average = {n: PAPER_AVERAGE[n] for n in average if n in PAPER_AVERAGE}  # the paper ran six lengths
-    return dict(tasks=per_task, average=average, paper_average=paper_average,
-                skipped=skipped or {}, complete=not skipped)
+    not_run = [n for n in lengths if n not in average]
+    return dict(tasks=per_task, average=average, paper_average=paper_average, skipped=skipped or {},
+                lengths_not_run=not_run, complete=not skipped and not not_run)
 
 
 def markdown(report: dict) -> str:
@@ -105,6 +106,9 @@ def markdown(report: dict) -> str:
     if report["skipped"]:
         lines.append("\nSkipped (the average covers only the tasks above, so it is not the paper's 13-task mean):")
         lines += [f"- {task}: {why}" for task, why in report["skipped"].items()]
+    if report.get("lengths_not_run"):
+        lines.append("\nNot run (no sample of these lengths: lm-eval's --limit N takes each task's first N samples, "
+                     "which are all of the first length): " + ", ".join(map(str, report["lengths_not_run"])))
     return "\n".join(lines) + "\n"
 
 
@@ -124,14 +128,27 @@ def run(model: str, tasks: list[str], lengths=LENGTHS, batch_size: str = "1", dt
                     metadata={"max_seq_lengths": list(lengths), "tokenizer": model})
 
 
+# Below ~1K tokens lm-eval's variable-tracking generator (ruler_vt) cannot fit its example and loops forever.
+MIN_LENGTH = 1024
+
+
+def ruler_length(text: str) -> int:
+    """A prompt length for RULER: an integer of at least MIN_LENGTH tokens."""
+    length = positive_int(text)
+    if length < MIN_LENGTH:
+        raise argparse.ArgumentTypeError(f"RULER's prompts need at least {MIN_LENGTH} tokens (lm-eval's ruler_vt "
+                                         f"cannot fit its example in fewer, and loops), got {length}")
+    return length
+
+
 def main(argv=None) -> None:
     from .lm_eval_model import add_run_arguments, evaluate_into
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (its tokenizer sizes prompts)")
     parser.add_argument("--output-dir", type=folder_to_save_into, required=True)
-    parser.add_argument("--lengths", type=positive_int, nargs="+", default=list(LENGTHS),
-                        help="prompt lengths in tokens (default: the paper's, 4K to 128K)")
+    parser.add_argument("--lengths", type=ruler_length, nargs="+", default=list(LENGTHS),
+                        help=f"prompt lengths in tokens, at least {MIN_LENGTH} (default: the paper's, 4K to 128K)")
     parser.add_argument("--essays", help="local Paul Graham essays (text, or .jsonl with a 'text' field)")
     parser.add_argument("--squad", help="local SQuAD v2 dev JSON")
     parser.add_argument("--hotpot", help="local HotpotQA dev (distractor) JSON")
