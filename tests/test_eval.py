@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 pytest.importorskip("lm_eval")
 from lm_eval import simple_evaluate  # noqa: E402
@@ -201,13 +202,13 @@ def test_ruler_lengths_the_paper_did_not_run(tmp_path, monkeypatch):
     # lm-eval's -1: a length none of whose samples ran (with --limit), which is not a score of -100 %.
     results = {"niah_single_1": {"1024,none": 0.5, "4096,none": 0.25}, "ruler_vt": {"1024,none": 0.7, "4096,none": -1}}
     monkeypatch.setattr(ruler, "run", lambda *args, **kwargs: results)  # lm-eval's results, without the hours
-    ruler.main(["--model", "m", "--output-dir", str(tmp_path), "--lengths", "1024", "4096"])
+    ruler.main(["--model", "m", "--output-dir", str(tmp_path), "--lengths", "1024", "4096", "--device", "cpu"])
     text = (tmp_path / "ruler.md").read_text()
     assert "| **average** | **60.0** | **25.0** |" in text and "| paper (xLSTM 7B) | - | 54.4 |" in text
     assert json.loads((tmp_path / "lm_eval_results.json").read_text()) == results  # kept, as the leaderboard's
     # A length none of whose samples ran (lm-eval's --limit takes the first length's) is named, not silently dropped.
     results = {"niah_single_1": {"1024,none": 0.5, "4096,none": -1}}
-    ruler.main(["--model", "m", "--output-dir", str(tmp_path), "--lengths", "1024", "4096"])
+    ruler.main(["--model", "m", "--output-dir", str(tmp_path), "--lengths", "1024", "4096", "--device", "cpu"])
     assert "Not run (no sample of these lengths" in (tmp_path / "ruler.md").read_text()
     assert json.loads((tmp_path / "ruler.json").read_text())["lengths_not_run"] == [4096]
 
@@ -331,10 +332,15 @@ def test_runners_check_their_arguments_before_evaluating(runner, tmp_path, monke
     # Tracebacks from inside lm-eval, after the model had loaded; a RULER length whose synthesis never ends.
     bad = [("--batch-size", "foo"), ("--batch-size", "auto:0"), ("--dtype", "foo")]
     bad += [("--lengths", "512")] if runner == "ruler" else []
+    bad += [("--device", "cuda")] if not torch.cuda.is_available() else []  # the default: a traceback in lm-eval
     for option, value in bad:
         with pytest.raises(SystemExit) as exited:
             module.main(["--model", "m", "--output-dir", str(tmp_path / "out"), option, value])
         assert exited.value.code == 2 and f"argument {option}" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # the default device, cuda, was an AssertionError inside transformers
+        with pytest.raises(SystemExit) as exited:
+            module.main(["--model", "m", "--output-dir", str(tmp_path / "out")])
+        assert exited.value.code == 2 and "--device defaults to cuda" in capsys.readouterr().err
     monkeypatch.undo()
     with pytest.raises(SystemExit) as exited:  # the real evaluation: lm-eval loads the model first
         module.main(["--model", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "out"), "--device", "cpu"])

@@ -133,3 +133,21 @@ def read_data(parser: argparse.ArgumentParser, option: str, paths: list[str], fi
         except (OSError, ValueError) as error:
             parser.error(f"{option} {path}: {error}")
     return texts
+
+
+def device(name: str) -> str:
+    """An argparse type: a torch device that this machine has (cpu, cuda, cuda:1, ...)."""
+    import torch
+
+    try:
+        parsed = torch.device(name)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if parsed.type != "cpu":
+        accelerator = torch.accelerator.current_accelerator()
+        if accelerator is None or accelerator.type != parsed.type:
+            raise argparse.ArgumentTypeError(f"{name}: this machine has no {parsed.type} device")
+        if (parsed.index or 0) >= torch.accelerator.device_count():
+            raise argparse.ArgumentTypeError(f"{name}: this machine has {torch.accelerator.device_count()} "
+                                             f"{parsed.type} devices")
+    return name

@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from .arguments import bos_kwargs, folder_to_save_into, load_pretrained, non_negative_float, number_in, positive_int
+from .arguments import (bos_kwargs, device, folder_to_save_into, load_pretrained, non_negative_float, number_in,
+                        positive_int)
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -35,24 +36,6 @@ def shard_size(text: str) -> str:
     if not positive:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return text
-
-
-def device(name: str) -> str:
-    """An argparse type: a torch device that this machine has (cpu, cuda, cuda:1, ...)."""
-    import torch
-
-    try:
-        parsed = torch.device(name)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"{name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
-    if parsed.type != "cpu":
-        accelerator = torch.accelerator.current_accelerator()
-        if accelerator is None or accelerator.type != parsed.type:
-            raise argparse.ArgumentTypeError(f"{name}: this machine has no {parsed.type} device")
-        if (parsed.index or 0) >= torch.accelerator.device_count():
-            raise argparse.ArgumentTypeError(f"{name}: this machine has {torch.accelerator.device_count()} "
-                                             f"{parsed.type} devices")
-    return name
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:

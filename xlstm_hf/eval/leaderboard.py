@@ -119,7 +119,7 @@ def run(model: str, batch_size: str = "auto", dtype: str = "bfloat16", device: s
 
 
 def main(argv=None) -> None:
-    from .lm_eval_model import add_run_arguments, evaluate_into
+    from .lm_eval_model import add_run_arguments, default_device, evaluate_into
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -135,6 +135,7 @@ def main(argv=None) -> None:
             parser.error(f"--from-results {args.from_results}: {error}")
         results = results.get("results", results) if isinstance(results, dict) else {}
     else:
+        args.device = args.device or default_device(parser)
         results = evaluate_into(parser, args.output_dir, args.model, lambda: run(
             args.model, args.batch_size, args.dtype, args.device, args.kernels, args.limit))
         if results is None:  # not the first process under accelerate launch: that one reports

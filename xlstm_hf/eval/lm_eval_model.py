@@ -19,7 +19,7 @@ from transformers import AutoConfig
 
 import xlstm_hf
 
-from ..arguments import bos_kwargs, positive_int
+from ..arguments import bos_kwargs, device, positive_int
 from ..training import write_atomically
 
 # The context lm-eval may fill: memory does not grow with it, so any prompt of a benchmark fits.
@@ -127,7 +127,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, batch_size: str) -> None:
     parser.add_argument("--batch-size", type=batch_size_type, default=batch_size,
                         help=f"lm-eval batch size: N, auto or auto:N (default: {batch_size})")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", type=device, help="a device of this machine (default: cuda)")
     parser.add_argument("--kernels", default="auto", choices=["auto", "torch", "triton"])
     parser.add_argument("--limit", type=positive_int, help="documents per task (a smoke test, not a score)")
 
@@ -149,6 +149,15 @@ def evaluate(model: str, tasks: list[str], dtype: str = "bfloat16", kernels: str
     output = simple_evaluate(model="xlstm", model_args=dict(pretrained=model, dtype=dtype, kernels=kernels),
                              tasks=tasks, **kwargs)
     return None if output is None else output["results"]
+
+
+def default_device(parser: argparse.ArgumentParser) -> str:
+    """cuda, the runners' default `--device`, where this machine has it; else a usage error (lm-eval's would be a
+    traceback after the model loaded)."""
+    try:
+        return device("cuda")
+    except argparse.ArgumentTypeError as error:
+        parser.error(f"--device defaults to cuda: {error} (pass --device cpu)")
 
 
 def evaluate_into(parser: argparse.ArgumentParser, folder: str | Path, model: str,

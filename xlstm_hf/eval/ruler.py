@@ -142,7 +142,7 @@ def ruler_length(text: str) -> int:
 
 
 def main(argv=None) -> None:
-    from .lm_eval_model import add_run_arguments, evaluate_into
+    from .lm_eval_model import add_run_arguments, default_device, evaluate_into
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (its tokenizer sizes prompts)")
@@ -156,6 +156,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     tasks, skipped = select_tasks(args.essays, args.squad, args.hotpot)
     with local_files(args.essays, args.squad, args.hotpot):
+        args.device = args.device or default_device(parser)
         results = evaluate_into(parser, args.output_dir, args.model, lambda: run(
             args.model, tasks, args.lengths, args.batch_size, args.dtype, args.device, args.kernels, args.limit))
     if results is None:  # not the first process under accelerate launch: that one reports
