@@ -329,8 +329,8 @@ def test_interrupted_training_leaves_no_output_folder(local_data, monkeypatch, s
      "--tokenizer {default}: the data's tokens"),
     ("train.py", ["--train-file", "{data}/train.jsonl", "--model", "{data}/model", "--tokenizer", "{default}"],
      "--tokenizer {default}: the data's tokens"),
-    ("train.py", ["--config", "{data}/missing.json", "--tokenizer", "{data}/model", "--train-file", "{data}/train.jsonl"],
-     "argument --config"),
+    ("train.py", ["--config", "{data}/missing.json", "--tokenizer", "{data}/model", "--train-file",
+                  "{data}/train.jsonl"], "argument --config"),
 ])
 def test_examples_name_a_bad_argument(local_data, script, args, named):
     (local_data / "broken.jsonl").write_text('{"text": "the way"}\nnot json\n')

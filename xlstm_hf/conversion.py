@@ -3,6 +3,7 @@ and the original NX-AI/xLSTM-7b layout into a clean checkpoint of ours."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -145,13 +146,12 @@ def load_base_model(folder: Path, dtype: torch.dtype | None) -> XLSTMForCausalLM
     them, and the state dict would then name the adapted layers' parts instead of the weights). Weights the files
     lack are an error: from_pretrained would only log them, and initialise them at random."""
     adapters = {entry.name for entry in folder.iterdir() if ADAPTER_FILE.fullmatch(entry.name)}
-    with tempfile.TemporaryDirectory() as view:
+    with tempfile.TemporaryDirectory() if adapters else contextlib.nullcontext(folder) as view:
         if adapters:  # the folder seen without its adapters, through links
             for entry in folder.iterdir():
                 if entry.name not in adapters:
                     (Path(view) / entry.name).symlink_to(entry.resolve())
-        model, info = XLSTMForCausalLM.from_pretrained(view if adapters else folder, dtype=dtype or "auto",
-                                                       output_loading_info=True)
+        model, info = XLSTMForCausalLM.from_pretrained(view, dtype=dtype or "auto", output_loading_info=True)
     missing = sorted(set(info["missing_keys"]) - ({"lm_head.weight"} if model.config.tie_word_embeddings else set()))
     if missing:
         raise ValueError(f"the checkpoint in {folder} lacks {len(missing)} weights, e.g. {missing[:3]}")

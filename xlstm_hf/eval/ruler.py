@@ -18,7 +18,7 @@ import json
 import re
 from pathlib import Path
 
-from ..arguments import folder_to_save_into, positive_int
+from ..arguments import at_least, folder_to_save_into
 
 LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072)
 PAPER_AVERAGE = {4096: 54.4, 8192: 42.9, 16384: 30.4, 32768: 18.5, 65536: 12.6, 131072: 11.4}  # xLSTM 7B, %
@@ -132,23 +132,15 @@ def run(model: str, tasks: list[str], lengths=LENGTHS, batch_size: str = "1", dt
 MIN_LENGTH = 1024
 
 
-def ruler_length(text: str) -> int:
-    """A prompt length for RULER: an integer of at least MIN_LENGTH tokens."""
-    length = positive_int(text)
-    if length < MIN_LENGTH:
-        raise argparse.ArgumentTypeError(f"RULER's prompts need at least {MIN_LENGTH} tokens (lm-eval's ruler_vt "
-                                         f"cannot fit its example in fewer, and loops), got {length}")
-    return length
-
-
 def main(argv=None) -> None:
     from .lm_eval_model import add_run_arguments, default_device, evaluate_into
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (its tokenizer sizes prompts)")
     parser.add_argument("--output-dir", type=folder_to_save_into, required=True)
-    parser.add_argument("--lengths", type=ruler_length, nargs="+", default=list(LENGTHS),
-                        help=f"prompt lengths in tokens, at least {MIN_LENGTH} (default: the paper's, 4K to 128K)")
+    parser.add_argument("--lengths", type=at_least(MIN_LENGTH), nargs="+", default=list(LENGTHS),
+                        help=f"prompt lengths in tokens, at least {MIN_LENGTH}: below, lm-eval's ruler_vt synthesis "
+                        "never ends (default: the paper's, 4K to 128K)")
     parser.add_argument("--essays", help="local Paul Graham essays (text, or .jsonl with a 'text' field)")
     parser.add_argument("--squad", help="local SQuAD v2 dev JSON")
     parser.add_argument("--hotpot", help="local HotpotQA dev (distractor) JSON")

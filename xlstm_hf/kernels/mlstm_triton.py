@@ -68,7 +68,8 @@ def _rows_times_state(X, rows, s_x, STATE, out_offs, RED: tl.constexpr, OUT: tl.
                       VEC=None, HAS_VEC: tl.constexpr = False):
     """The (BT, BO) tile X[rows, :] @ M[:, out_offs], M a state matrix with M[r, o] at r * S_RED + o * S_OUT
     (so C, or C^T), reduced over RED in blocks of BR. bf16 inputs meet the state in their dtype; fp16 inputs meet
-    an fp32 state in 3xTF32 (`_state_dtype`). With HAS_VEC also the (BT,) products X[rows, :] @ VEC (fp32), from the same loads of X."""
+    an fp32 state in 3xTF32 (`_state_dtype`). With HAS_VEC also the (BT,) products X[rows, :] @ VEC (fp32), from
+    the same loads of X."""
     acc = tl.zeros((BT, BO), dtype=tl.float32)
     acc_vec = tl.zeros((BT,), dtype=tl.float32)
     mask_o = out_offs < OUT
