@@ -221,8 +221,8 @@ def profile(run: Runner, length: int, new_tokens: int = 33) -> None:
             result = run.generate(ids, tokens)
         events = prof.key_averages()
         kernels = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-        print(f"profile {run.variant} {name}: {ids.shape[1]} prompt tokens, {tokens} new, {result['seconds'] * 1000:.1f}"
-              f" ms (profiled), {kernels} GPU kernels")
+        print(f"profile {run.variant} {name}: {ids.shape[1]} prompt tokens, {tokens} new, "
+              f"{result['seconds'] * 1000:.1f} ms (profiled), {kernels} GPU kernels")
         print(events.table(sort_by="self_device_time_total", row_limit=25))
     if run.variant.startswith("xlstm_hf") and run.device == "cuda":
         host_overheads(run, length)

@@ -68,8 +68,10 @@ def gate_inputs(B, NH, S, DQK, DV, dtype, requires_grad):
 def sequence_variants(args) -> dict[str, Callable]:
     from xlstm_hf.kernels.mlstm_triton import mlstm_chunkwise_triton
 
-    variants = {f"xlstm_hf L={L}": (lambda L: lambda q, k, v, i, f: mlstm_chunkwise_triton(q, k, v, i, f, chunk_size=L)[0])(L)
-                for L in args.chunk_sizes}
+    def chunkwise(L: int) -> Callable:
+        return lambda q, k, v, i, f: mlstm_chunkwise_triton(q, k, v, i, f, chunk_size=L)[0]
+
+    variants = {f"xlstm_hf L={L}": chunkwise(L) for L in args.chunk_sizes}
     try:
         from mlstm_kernels.torch import get_mlstm_kernel
 

@@ -88,7 +88,8 @@ def main(argv=None) -> None:
             reason = run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit status {run.returncode}"
             raise SystemExit(f"prompt of {length} tokens: {reason}")
         result = json.loads(run.stdout.splitlines()[-1])
-        print(f"{result['length']:>8} {result['seconds']:>8.2f} {result['peak_gib']:>9.3f} {result['growth_gib']:>11.3f}")
+        print(f"{result['length']:>8} {result['seconds']:>8.2f} {result['peak_gib']:>9.3f} "
+              f"{result['growth_gib']:>11.3f}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dropout", type=number_in(0, 1), default=0.05,  # a dropout of 1 would drop everything
                         help="LoRA dropout (default: 0.05)")
     parser.add_argument("--target-modules", nargs="+",
-                        help=f"layers to adapt, or all-linear (default: per weight mode, {xlstm_hf.LORA_TARGET_MODULES})")
+                        help="layers to adapt, or all-linear (default: per weight mode, "
+                             f"{xlstm_hf.LORA_TARGET_MODULES})")
     # An example of one token predicts nothing.
     parser.add_argument("--max-length", type=at_least(2), default=1024, help="tokens per example (default: 1024)")
     parser.add_argument("--batch-size", type=positive_int, default=4)

@@ -22,8 +22,8 @@ def test_generation_benchmark_tiny(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "generation.py"), "--tiny", "--suites", "latency",
                           "prefill", "batch", "memory", "--variants", *variants, "--prompt-lengths", "0", "40",
                           "--new-tokens", "4", "--peer-new-tokens", "3", "--batch-size", "2", "--batch-prompt", "8",
-                          "--memory-tokens", "6", "--ttft-samples", "2", "--out", str(out)], capture_output=True, text=True,
-                         timeout=600)
+                          "--memory-tokens", "6", "--ttft-samples", "2", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = json.loads(out.read_text(), parse_constant=strict_json)["rows"]
     assert not [r for r in rows if "error" in r]

@@ -227,9 +227,7 @@ class XLSTMBlock(GradientCheckpointingLayer):
         pass through the cell into the state, but skip the output projection and the FFN: the last block of a
         prefill whose earlier outputs nothing reads (generate()'s head sees only the last position)."""
         backend = resolve_backend(x.device, self.mlstm_layer.config.kernel_preference)
-        first_pass = checkpoint_first_pass(self)
-        if first_pass and state is not None:
-            state = tuple(t.clone() for t in state)
+        first_pass, state = checkpoint_first_pass(self, state)
         fused = not first_pass and self.fused_inference(x, backend)
         if fused and x.shape[1] == 1 and state is not None and (stepped := self.fused_step(x, state, mask)) is not None:
             return stepped[0][:, keep_from:], stepped[1]
@@ -327,11 +325,15 @@ class XLSTMPreTrainedModel(PreTrainedModel):
         return resolve_backend(self.device, self.config.kernel_preference)
 
 
-def checkpoint_first_pass(block: nn.Module) -> bool:
-    """Whether `block` runs the first pass of reentrant gradient checkpointing: training without autograd, then run
-    again from the same inputs for the backward. Not inference, then: no fused inference kernels, and no state
-    updated in place (the step kernel's way without autograd), which the second run would start from."""
-    return block.gradient_checkpointing and block.training and not torch.is_grad_enabled()
+def checkpoint_first_pass(block: nn.Module, state: tuple | None) -> tuple[bool, tuple | None]:
+    """Whether `block` runs the first pass of reentrant gradient checkpointing (training without autograd, then run
+    again from the same inputs for the backward), and the state for it to use: a copy on that pass. Not inference,
+    then: no fused inference kernels, and no update in place (the step kernel's way without autograd) of the state
+    that the second run starts from."""
+    first_pass = block.gradient_checkpointing and block.training and not torch.is_grad_enabled()
+    if first_pass and state is not None:
+        state = tuple(t.clone() for t in state)
+    return first_pass, state
 
 
 def execution_device(module: nn.Module) -> torch.device:

@@ -290,8 +290,7 @@ class XLSTMStackBlock(GradientCheckpointingLayer):
         self.ffn = XLSTMStackFeedForward(config) if has_ffn else None
 
     def forward(self, x: torch.Tensor, state: tuple, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple]:
-        if checkpoint_first_pass(self):
-            state = tuple(t.clone() for t in state)
+        _, state = checkpoint_first_pass(self, state)
         y, state = self.xlstm(self.xlstm_norm(x), state, mask)
         x = x + y
         if self.ffn is not None:
