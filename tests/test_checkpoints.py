@@ -15,6 +15,7 @@ from transformers.initialization import no_init_weights
 from helpers import TINY, random_ids, tiny_model
 from test_configuration import NXAI_7B_CONFIG
 from xlstm_hf import XLSTMForCausalLM, default_model_path
+from xlstm_hf.conversion import convert_checkpoint
 from xlstm_hf.hub import vanilla_limits
 
 
@@ -112,6 +113,8 @@ def test_the_model_card_is_right_about_vanilla_transformers(tmp_path, overrides)
     ("single", {}), ("fused", {}),
     # transformers' documented alias: it builds 1 block and saves num_hidden_layers=2 beside num_blocks=1 (refused)
     ("single", {"num_blocks": 1}),
+    # transformers' xLSTM does not tie: its head keeps values of its own, which ours and convert must keep too
+    ("single", {"tie_word_embeddings": True}),
 ])
 def test_vanilla_transformers_checkpoint_loads_in_ours(tmp_path, weight_mode, overrides):
     torch.manual_seed(0)
@@ -123,8 +126,10 @@ def test_vanilla_transformers_checkpoint_loads_in_ours(tmp_path, weight_mode, ov
     theirs.save_pretrained(tmp_path)
     ours = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert type(ours) is XLSTMForCausalLM and ours.config.weight_mode == weight_mode
+    converted = XLSTMForCausalLM.from_pretrained(convert_checkpoint(tmp_path, tmp_path / "converted", dtype=None))
     ids = random_ids(2, 40)
-    assert (logits(ours, ids) - logits(theirs, ids)).abs().max() < 1e-4
+    for model in (ours, converted):
+        assert (logits(model, ids) - logits(theirs, ids)).abs().max() < 1e-4
 
 
 def write_nxai_checkpoint(path, model, num_shards=3):

@@ -115,6 +115,8 @@ def test_reads_xlstm_large_config_names():
     (dict(tie_word_embeddings="no"), "tie_word_embeddings"),  # tied the embeddings: the string is truthy
     (dict(use_bias=1), "use_bias"),
     (dict(hidden_size=64, num_heads=2, ffn_proj_factor=0.01), "ffn_proj_factor"),  # an FFN of width 0
+    (dict(pad_token_id="1"), "pad_token_id"),
+    (dict(eos_token_id=[2, "3"]), "eos_token_id"),
 ])
 def test_invalid_values_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -148,3 +150,40 @@ def test_round_trip_through_json(tmp_path):
     c.save_pretrained(tmp_path)
     back = XLSTMConfig.from_pretrained(tmp_path)
     assert dims(back) == dims(c) and back.weight_mode == "fused" and back.tie_word_embeddings
+
+
+SMALL = dict(hidden_size=64, num_hidden_layers=2, num_heads=2, vocab_size=128)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(weight_mode="Fused"), "weight_mode"), (dict(use_bias="no"), "use_bias"), (dict(num_heads=3), "num_heads"),
+    (dict(bos_token_id=0.5), "bos_token_id"),
+])
+def test_load_time_arguments_are_checked_like_constructor_ones(tmp_path, kwargs, field):
+    XLSTMConfig(**SMALL).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=field):
+        XLSTMConfig(**{**SMALL, **kwargs})
+    with pytest.raises(ValueError, match=field):  # transformers would set these after __post_init__'s checks
+        AutoConfig.from_pretrained(tmp_path, **kwargs)
+
+
+def test_load_time_kernel_name_and_alias_are_normalised_before_saving(tmp_path):
+    XLSTMConfig(**SMALL).save_pretrained(tmp_path / "a")
+    ours = AutoConfig.from_pretrained(tmp_path / "a", chunkwise_kernel="chunkwise--triton_xl_chunk", embedding_dim=96,
+                                      gate_soft_cap=10)
+    assert ours.kernel_preference == "chunkwise--triton_xl_chunk" and ours.hidden_size == 96
+    ours.save_pretrained(tmp_path / "b")
+    theirs = xLSTMConfig.from_pretrained(tmp_path / "b")  # vanilla's strict validation: native names, float caps
+    assert theirs.chunkwise_kernel == "chunkwise--native_autograd" and theirs.hidden_size == 96
+    assert isinstance(theirs.gate_soft_cap, float) and theirs.gate_soft_cap == 10.0
+
+
+def test_attribute_set_after_construction_is_checked_when_saved(tmp_path):
+    config = XLSTMConfig(**SMALL)
+    config.step_kernel = "triton"
+    config.save_pretrained(tmp_path)
+    assert xLSTMConfig.from_pretrained(tmp_path).step_kernel == "native" and config.kernel_preference == "triton"
+    config.num_heads = 3
+    with pytest.raises(ValueError, match="num_heads"):
+        config.save_pretrained(tmp_path / "bad")
+    assert not (tmp_path / "bad" / "config.json").exists()

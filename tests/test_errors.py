@@ -122,6 +122,8 @@ def test_cli_convert_a_state_dict_that_does_not_load_or_fit(capsys, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "other_vocab.json").write_text(json.dumps({**config, "vocab_size": 99}))
     (tmp_path / "code.py").write_text("print('not a state dict')\n")
+    (tmp_path / "misspelt.json").write_text(json.dumps({**config, "num_head": 4}))
+    torch.save([torch.zeros(1)], tmp_path / "list.pt")
     err = cli_error(capsys, "convert", tmp_path / "code.py", tmp_path / "out", "--xlstm-large-config",
                     tmp_path / "config.json")
     assert f"{tmp_path / 'code.py'}: not a state-dict file" in err
@@ -131,4 +133,10 @@ def test_cli_convert_a_state_dict_that_does_not_load_or_fit(capsys, tmp_path):
     err = cli_error(capsys, "convert", tmp_path / "large.safetensors", tmp_path / "out", "--xlstm-large-config",
                     tmp_path / "code.py")
     assert f"--xlstm-large-config {tmp_path / 'code.py'}:" in err
+    err = cli_error(capsys, "convert", tmp_path / "list.pt", tmp_path / "out", "--xlstm-large-config",
+                    tmp_path / "config.json")
+    assert "holds a list, not a state dict" in err
+    err = cli_error(capsys, "convert", tmp_path / "large.safetensors", tmp_path / "out", "--xlstm-large-config",
+                    tmp_path / "misspelt.json")  # a misspelt field was the default, num_heads=8, silently
+    assert "does not know: num_head" in err
     assert not list(tmp_path.glob("*out*"))

@@ -403,3 +403,110 @@ def test_sync_free_decode_step_equals_the_forward():
     new_state = zip(again.layers[0].state, reference.cache.layers[0].state)
     assert all(torch.allclose(a[0], b[0], atol=1e-6) for a, b in new_state)
     assert all(torch.equal(a[1], b[1]) for a, b in zip(again.layers[0].state, before))  # masked: untouched
+
+
+# --- caches generate() hands back or is handed --------------------------------------------------------------------
+
+def test_rows_finished_by_eos_leave_their_state_at_their_end():
+    # transformers appends pad tokens to a finished row; fed as padding, the returned cache continues each row as
+    # the row alone, up to its EOS, continues.
+    model = tiny_model()
+    ids = random_ids(2, 8, seed=3)
+    options = dict(attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)  # the prompts hold pad ids
+    free = model.generate(ids, min_new_tokens=6, **options)
+    eos = int(free[0, 8 + 1])  # row 0 emits it as its second new token; row 1 must run on
+    assert eos not in free[1, 8:].tolist() and eos not in free[0, 8:9].tolist()
+    out = model.generate(ids, eos_token_id=eos, pad_token_id=1, return_dict_in_generate=True, **options)
+    assert out.sequences.shape[1] == 14 and (out.sequences[0, 10:] == 1).all()  # the test needs pads in row 0
+    step = random_ids(2, 1, seed=4)
+    continued = model(step, cache=out.cache).logits[:, -1]
+    for row, absorbed in ((0, 8 + 2), (1, 14 - 1)):  # row 0: the prompt, a token and EOS; row 1: all but the last
+        alone = torch.cat([out.sequences[row : row + 1, :absorbed], step[row : row + 1]], 1)
+        assert (continued[row] - model(alone).logits[0, -1]).abs().max() < 1e-4
+
+
+def test_a_cache_left_by_beam_search_is_not_continued():
+    model = tiny_model()
+    ids = random_ids(1, 7)
+    out = model.generate(ids, num_beams=2, num_return_sequences=2, max_new_tokens=3, min_new_tokens=3,
+                         do_sample=False, return_dict_in_generate=True)
+    # The cache has a row per returned sequence, but it holds the running beams' states, not theirs.
+    assert out.cache.batch_size == out.sequences.shape[0] == 2
+    with pytest.raises(ValueError, match="beam search"):
+        model.generate(out.sequences, cache=out.cache, max_new_tokens=2)
+    with pytest.raises(ValueError, match="beam search"):
+        model(random_ids(2, 1), cache=out.cache)
+    out.cache.reset()  # a new start: continued from zero, as a new cache would be
+    assert torch.equal(model.generate(ids.expand(2, -1), cache=out.cache, max_new_tokens=3, do_sample=False),
+                       model.generate(ids.expand(2, -1), max_new_tokens=3, do_sample=False))
+
+
+def test_a_cache_of_returned_sequences_continues_them_and_not_the_prompts():
+    model = tiny_model()
+    ids = random_ids(2, 6)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, num_return_sequences=3,
+                         max_new_tokens=3, min_new_tokens=3, return_dict_in_generate=True)
+    assert out.cache.batch_size == 6
+    # With the sequences it returned, the cache continues them exactly.
+    more = torch.cat([out.sequences, random_ids(6, 2, seed=2)], 1)
+    options = dict(attention_mask=torch.ones_like(more), max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    continued = model.generate(more, cache=out.cache, **options)
+    assert torch.equal(continued, model.generate(more, **options))
+    # With the prompts (and more tokens than it holds), its six diverged states are not copies of two prompt states
+    # to sample from again.
+    longer = torch.cat([ids, random_ids(2, 10, seed=3)], 1)
+    with pytest.raises(ValueError, match="they differ"):
+        model.generate(longer, cache=out.cache, do_sample=True, num_return_sequences=3, max_new_tokens=2)
+
+
+def test_a_cache_of_another_kind_is_refused_naming_the_one_needed():
+    from transformers import DynamicCache
+
+    from xlstm_hf import XLSTMStackCache, XLSTMStackConfig
+
+    model = tiny_model()
+    ids = random_ids(1, 5)
+    stack_cache = XLSTMStackCache(XLSTMStackConfig(vocab_size=101, embedding_dim=32, num_heads=2, num_blocks=2), 1)
+    for cache in (stack_cache, DynamicCache(), ((torch.zeros(1), torch.zeros(1)),)):
+        with pytest.raises(TypeError, match="XLSTMCache"):
+            model.generate(ids, cache=cache, max_new_tokens=2)
+    with pytest.raises(TypeError, match="XLSTMCache"):
+        model(ids, cache=stack_cache)
+
+
+def test_a_generate_call_refused_by_the_forward_leaves_the_cache_as_it_was():
+    model = tiny_model()
+    ids = random_ids(1, 9)
+    cache = model(ids[:, :5]).cache
+    bad = ids.clone()
+    bad[0, 7] = model.config.vocab_size
+    with pytest.raises(ValueError, match="vocabulary"):  # found by the forward, after the cache was expanded
+        model.generate(bad, attention_mask=torch.ones_like(bad), cache=cache, num_beams=2, max_new_tokens=2)
+    assert cache.batch_size == 1
+    options = dict(num_beams=2, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    continued = model.generate(ids, attention_mask=torch.ones_like(ids), cache=cache, **options)
+    assert torch.equal(continued, model.generate(ids, **options))
+
+
+def test_a_mask_that_does_not_cover_the_conversation_is_refused():
+    model = tiny_model()
+    ids = random_ids(1, 12)
+    for length in (11, 13):  # the cache holds 9 tokens, the input adds 3
+        with pytest.raises(ValueError, match=f"covers {length} tokens"):
+            model.generate(ids[:, 9:], attention_mask=torch.ones(1, length, dtype=torch.long),
+                           cache=model(ids[:, :9]).cache, max_new_tokens=2)
+
+
+def test_prefill_chunk_size_splits_an_embeddings_prompt_too():
+    model = tiny_model()
+    ids, mask = left_pad([random_ids(1, 9, seed=1), random_ids(1, 6, seed=2)])
+    embeds = model.get_input_embeddings()(ids)
+    widths = []
+    model.backbone.register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append((kwargs.get("inputs_embeds") if kwargs.get("input_ids") is None
+                                                    else kwargs["input_ids"]).shape[1]), with_kwargs=True)
+    options = dict(attention_mask=mask, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    chunked = model.generate(inputs_embeds=embeds, prefill_chunk_size=4, **options)
+    assert widths[:3] == [4, 4, 1]
+    assert torch.equal(chunked, model.generate(inputs_embeds=embeds, **options))
+    assert torch.equal(chunked, model.generate(ids, **options)[:, 9:])

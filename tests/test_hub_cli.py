@@ -216,7 +216,8 @@ def test_cli_on_an_xlstm_stack_checkpoint(tmp_path):
     tiny_stack().save_pretrained(stack)
     make_tokenizer().save_pretrained(stack)
     run = cli("generate", "the way of", "--model", stack, "--max-new-tokens", 3)  # read model.kernel_backend
-    assert run.returncode == 0 and run.stdout.startswith("the way of") and "torch kernels" in run.stderr, run.stderr
+    backend = "triton kernels on cuda" if torch.cuda.is_available() else "torch kernels on cpu"
+    assert run.returncode == 0 and run.stdout.startswith("the way of") and backend in run.stderr, run.stderr
     # convert and the remote-code bundle are the xLSTM 7B family's: a stack model became a random 7B-style one.
     for args in (("convert", stack, tmp_path / "converted"), ("export", "--remote-code", tmp_path / "bundle",
                                                               "--model", stack)):
@@ -305,6 +306,16 @@ def test_converting_a_folder_keeps_its_other_files(model_folder, tmp_path):
     assert (logits(after, random_ids(1, 9)) - before).abs().max() < 1e-5
 
 
+def test_converting_a_folder_leaves_out_its_weight_variants(model_folder, tmp_path):
+    base = logits(AutoModelForCausalLM.from_pretrained(model_folder), random_ids(1, 9))
+    tiny_model(seed=1).save_pretrained(model_folder, variant="fp16", max_shard_size="100KB")  # other weights
+    assert (model_folder / "model.safetensors.index.fp16.json").is_file()
+    convert_checkpoint(model_folder, tmp_path / "converted", dtype=None)
+    names = sorted(p.name for p in (tmp_path / "converted").iterdir())
+    assert not [name for name in names if "fp16" in name], names  # they would load as the converted model's
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "converted"), random_ids(1, 9)), base)
+
+
 def test_converting_a_repository_saved_for_the_hub_makes_its_card_anew(tmp_path):
     model = tiny_model()
     arguments = dict(repo_id="me/tiny-xlstm", base_model="NX-AI/xLSTM-7b", tags=["code"])
@@ -336,12 +347,22 @@ def test_converting_a_folder_with_adapters_beside_the_model(model_folder, tmp_pa
     convert_checkpoint(model_folder, tmp_path / "same", dtype=None)
     assert (tmp_path / "same" / "adapter_config.json").is_file()
     assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "same"), ids), logits(adapted, ids))
+    # A remote-code bundle of the folder is the same: its base weights, the adapters beside them.
+    assert cli("export", "--remote-code", tmp_path / "bundle", "--model", model_folder).returncode == 0
+    assert (tmp_path / "bundle" / "model.safetensors").is_file()
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "bundle"), ids), logits(adapted, ids))
     # Another weight mode: the adapters cannot apply to the new modules; left out, and the log says so.
     with caplog.at_level("WARNING"):
         convert_checkpoint(model_folder, tmp_path / "fused", weight_mode="fused", dtype=None)
     assert "adapter_config.json" in caplog.text and not (tmp_path / "fused" / "adapter_config.json").exists()
     fused = AutoModelForCausalLM.from_pretrained(tmp_path / "fused")
     assert fused.config.weight_mode == "fused" and (logits(fused, ids) - base_logits).abs().max() < 1e-5
+    # Into the folder itself: the save replaces them, and the log says they were deleted.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        convert_checkpoint(model_folder, model_folder, weight_mode="fused", dtype=None)
+    assert "Deleted adapter" in caplog.text and not (model_folder / "adapter_config.json").exists()
+    assert (logits(AutoModelForCausalLM.from_pretrained(model_folder), ids) - base_logits).abs().max() < 1e-5
 
 
 def test_exporting_code_into_a_model_folder_keeps_everything_else(model_folder):

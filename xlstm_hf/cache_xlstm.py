@@ -107,6 +107,7 @@ class XLSTMCache(Cache):
                  for d in dict.fromkeys(devices)}
         super().__init__(layers=[XLSTMCacheLayer(*map(next, views[d])) for d in devices])
         self.seen_tokens = 0
+        self.not_continuable: str | None = None  # why a forward must not continue this state, where it must not
 
     def __repr__(self) -> str:
         layer = self.layers[0]
@@ -133,6 +134,19 @@ class XLSTMCache(Cache):
     def reset(self) -> None:
         torch._foreach_zero_(self.state_tensors())
         self.seen_tokens = 0
+        self.not_continuable = None
+
+    def check_continuable(self) -> None:
+        """Raise a `ValueError` if the state is known not to be the one of the sequences it would continue (beam
+        search leaves the running beams' states, not those of the sequences it returns)."""
+        if self.not_continuable:
+            raise ValueError(f"this cache cannot be continued: {self.not_continuable}. Start from a new cache, or "
+                             "call reset() on this one")
+
+    def rows_repeat(self, repeats: int) -> bool:
+        """Whether every group of `repeats` consecutive rows holds one state, as `batch_repeat_interleave` leaves it
+        (one host synchronisation)."""
+        return all(bool((t.unflatten(0, (-1, repeats)) == t[::repeats, None]).all()) for t in self.state_tensors())
 
     def states_to_continue(self) -> list[tuple | None]:
         """Each layer's state for a forward pass to continue from (None for all when nothing was absorbed yet). Copies

@@ -87,6 +87,7 @@ class XLSTMStackCache(XLSTMCache):
                   for block_type, layer_device in zip(config.block_types, devices)]
         Cache.__init__(self, layers=layers)
         self.seen_tokens = 0
+        self.not_continuable = None
 
     def __repr__(self) -> str:
         types = "".join(layer.block_type[0] for layer in self.layers)

@@ -53,16 +53,25 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _load_model(name: str, **kwargs):
-    """AutoModelForCausalLM.from_pretrained(name), failing with an error that names --model."""
+def _load_model(name: str, base_only: bool = False, **kwargs):
+    """AutoModelForCausalLM.from_pretrained(name), failing with an error that names --model. With `base_only`, the
+    xLSTM model of a local folder without the LoRA adapters saved beside it (`conversion.load_base_model`)."""
     from transformers import AutoModelForCausalLM
 
     import xlstm_hf  # noqa: F401  (registers our classes)
+    from .conversion import checkpoint_model_type, load_base_model
 
     path = Path(name)
     if (path.exists() or name.startswith((".", "/"))) and not (path / "config.json").is_file():
         raise CommandError(f"--model {name}: no config.json there")
-    return load_pretrained(AutoModelForCausalLM, "--model", name, **kwargs)
+    if not base_only:
+        return load_pretrained(AutoModelForCausalLM, "--model", name, **kwargs)
+    try:
+        if (model_type := checkpoint_model_type(path / "config.json")) != xlstm_hf.XLSTMConfig.model_type:
+            raise ValueError(f"model_type {model_type!r} is not an xLSTM 7B checkpoint's")
+        return load_base_model(path, kwargs.get("dtype"))
+    except (OSError, ValueError, RuntimeError) as error:
+        raise CommandError(f"--model {name}: {error}") from None
 
 
 def _load(args):
@@ -127,8 +136,7 @@ def cmd_convert(args) -> None:
     except (RuntimeError, ValueError) as error:  # load_state_dict's size mismatches, missing weights, a bad config
         if large_config is None:
             raise CommandError(f"{args.source}: {error}") from None
-        raise CommandError(f"{args.source} does not fit --xlstm-large-config {args.xlstm_large_config}: {error}"
-                           ) from None
+        raise CommandError(f"{args.source} with --xlstm-large-config {args.xlstm_large_config}: {error}") from None
     except OSError as error:  # no weights, a config.json that is not JSON, an unwritable destination: named in it
         raise CommandError(str(error)) from None
     print(f"wrote {out}")
@@ -137,8 +145,8 @@ def cmd_convert(args) -> None:
 def cmd_export(args) -> None:
     from .remote_code import export_remote_code
 
-    model = _load_model(args.model) if args.model else None
     local = args.model is not None and Path(args.model).is_dir()
+    model = _load_model(args.model, base_only=local) if args.model else None
     out = export_remote_code(args.remote_code, model, args.model if local else None)
     print(f"wrote a remote-code bundle to {out}: load it with trust_remote_code=True")
     if args.model and not local:

@@ -36,6 +36,10 @@ WEIGHT_MODES = ("single", "fused")
 LEGACY_RENAMES = {"add_post_blocks_norm": "add_out_norm", "cell_norm_eps": "eps"}
 # NX-AI/xLSTM-7b's kernel choices: read as a run-time preference, like the kernel fields, and not saved.
 LEGACY_KERNEL_FIELDS = ("forward_backend_name", "step_backend_name")
+# Every name a field can be given under; a load-time keyword argument replaces them all in the saved dict.
+FIELD_ALIASES = {"hidden_size": ("embedding_dim",), "num_hidden_layers": ("num_blocks",),
+                 "add_out_norm": ("add_post_blocks_norm",), "eps": ("cell_norm_eps",)}
+TOKEN_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
 
 def resolve_alias(config: PretrainedConfig, name: str, alias: str, default: int, kwargs: dict,
@@ -56,6 +60,14 @@ def resolve_alias(config: PretrainedConfig, name: str, alias: str, default: int,
 def round_up_to_multiple(x: float, multiple: int) -> int:
     """Round x up to a multiple, with the exact arithmetic of transformers and the xlstm package (their FFN widths)."""
     return int(((x + multiple - 1) // multiple) * multiple)
+
+
+def field_names() -> dict[str, str]:
+    """Every name XLSTMConfig reads a field of its own under (field names, aliases, legacy names), onto the field."""
+    names = {alias: field for field, aliases in FIELD_ALIASES.items() for alias in aliases}
+    names.update({field: field for field in XLSTMConfig.__annotations__})
+    names.update({name: name for name in (*LEGACY_KERNEL_FIELDS, "head_dim")})
+    return names
 
 
 class XLSTMConfig(PretrainedConfig):
@@ -153,6 +165,27 @@ class XLSTMConfig(PretrainedConfig):
                 f"head_dim={head_dim} does not match hidden_size * v_dim_factor / num_heads = {self.v_head_dim}"
             )
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> XLSTMConfig:
+        """transformers' `from_dict`, with the keyword arguments that name our fields (`from_pretrained(path,
+        num_heads=4)`) applied before the config is built: transformers would set them as attributes afterwards,
+        past the checks and normalisation of `__post_init__` (aliases, kernel names, float fields)."""
+        names = field_names()
+        config_dict = dict(config_dict)
+        for key in [key for key in kwargs if key in names]:
+            field = names[key]
+            for name in (field, *FIELD_ALIASES.get(field, ())):
+                config_dict.pop(name, None)
+            config_dict[key] = kwargs.pop(key)
+        return super().from_dict(config_dict, **kwargs)
+
+    def validate(self) -> None:
+        """transformers' checks, which `save_pretrained` runs, and ours: a field set as an attribute after the config
+        was built is checked before it is saved, and a kernel name is saved as the native one vanilla accepts."""
+        super().validate()
+        self._normalise_kernel_names({})
+        self._validate()
+
     def _normalise_kernel_names(self, legacy: dict[str, str]) -> None:
         # Triton/CUDA kernel names from the xlstm package or NX-AI's config would make the saved config.json fail
         # vanilla transformers' strict validation; they only ever express a run-time preference, kept unsaved. A
@@ -170,7 +203,8 @@ class XLSTMConfig(PretrainedConfig):
                 normalize_backend(value)
             except ValueError as error:
                 raise ValueError(f"{field}: {error}") from None
-        self._requested_kernel = next(iter(requests.values()), None)
+        if requests or not hasattr(self, "_requested_kernel"):
+            self._requested_kernel = next(iter(requests.values()), None)
 
     @property
     def kernel_preference(self) -> str | None:
@@ -204,6 +238,12 @@ class XLSTMConfig(PretrainedConfig):
                      "return_last_states", "use_cache"):
             if not isinstance(getattr(self, name), bool):  # a string such as "no" would be taken as true
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name in TOKEN_ID_FIELDS:
+            value = getattr(self, name)
+            ids = value if name == "eos_token_id" and isinstance(value, list) else [value]
+            if value is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                kinds = "an integer, a list of integers or None" if name == "eos_token_id" else "an integer or None"
+                raise ValueError(f"{name} must be {kinds}, got {value!r}")
         if self.ffn_dim < 1:
             raise ValueError(f"ffn_proj_factor={self.ffn_proj_factor} gives an empty FFN width at "
                              f"hidden_size={self.hidden_size}")

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .configuration_xlstm import XLSTMConfig
+from .configuration_xlstm import XLSTMConfig, field_names
 from .modeling_xlstm import XLSTMForCausalLM
 from .training import ADAPTER_FILE, WEIGHT_FILE, save_atomically
 
@@ -58,7 +58,10 @@ def convert_weight_mode(state_dict: dict[str, torch.Tensor], config: XLSTMConfig
         elif weight_mode == "fused" and any(module in parts for parts in _FUSED.values()):
             fused = next(f for f, parts in _FUSED.items() if module in parts)
             if module == _FUSED[fused][0]:
-                parts = [state_dict[f"{prefix}.blocks.{index}.{p}.{kind}"] for p in _FUSED[fused]]
+                names = [f"{prefix}.blocks.{index}.{p}.{kind}" for p in _FUSED[fused]]
+                if missing := [name for name in names if name not in state_dict]:
+                    raise ValueError(f"the checkpoint lacks {missing[0]}, a part of the fused {fused}")
+                parts = [state_dict[name] for name in names]
                 out[f"{prefix}.blocks.{index}.{fused}.{kind}"] = torch.cat(parts, dim=0)
         elif weight_mode == "single" and module in _FUSED:
             for part, piece in zip(_FUSED[module], value.split(_split_sizes(config, module), dim=0)):
@@ -85,6 +88,9 @@ def convert_checkpoint(
     source = Path(source)
     companions, generation_config, card = [], None, None
     if xlstm_large_config is not None:
+        unknown = sorted(set(xlstm_large_config) - set(field_names()))
+        if unknown:  # XLSTMConfig keeps any keyword: a misspelt field would silently be the default
+            raise ValueError(f"the xLSTMLarge config has fields XLSTMConfig does not know: {', '.join(unknown)}")
         config = XLSTMConfig(**xlstm_large_config)
         state_dict = from_xlstm_large_state_dict(_load_state_dict(source))
     else:
@@ -97,8 +103,10 @@ def convert_checkpoint(
         companions, card = companion_files(source, model), generated_card_arguments(source / "README.md", model)
     target_mode = weight_mode or config.weight_mode
     if target_mode != config.weight_mode and (adapters := [p for p in companions if ADAPTER_FILE.fullmatch(p.name)]):
-        logger.warning(f"Left out {', '.join(p.name for p in adapters)}: the adapters target the {config.weight_mode} "
-                       f"weight mode's modules, which the {target_mode} mode does not have.")
+        into_source = Path(destination).resolve() == source.resolve()  # then the save replaces them: deleted
+        names = ", ".join(p.name for p in adapters)
+        logger.warning(f"{'Deleted' if into_source else 'Left out'} {names}: the adapters target the "
+                       f"{config.weight_mode} weight mode's modules, which the {target_mode} mode does not have.")
         companions = [p for p in companions if p not in adapters]
     state_dict = convert_weight_mode(state_dict, config, target_mode)
     new_config = XLSTMConfig.from_dict({**config.to_dict(), "weight_mode": target_mode})
@@ -112,8 +120,9 @@ def convert_checkpoint(
     model.load_state_dict(state_dict, strict=True, assign=True)
     if dtype is not None:
         model.config.dtype = dtype
-    if model.config.tie_word_embeddings:
-        model.tie_weights()
+    head, embeddings = state_dict["lm_head.weight"], state_dict["backbone.embeddings.weight"]
+    if model.config.tie_word_embeddings and torch.equal(head, embeddings):
+        model.tie_weights()  # as from_pretrained does: a head with values of its own stays (transformers' xLSTM)
     if generation_config is not None:
         model.generation_config = generation_config
 
@@ -192,4 +201,8 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+        raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state dict (names onto tensors)")
+    return state_dict

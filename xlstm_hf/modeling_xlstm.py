@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.generation import GenerationMixin
+from transformers.generation import GenerationMixin, StoppingCriteriaList
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
@@ -380,8 +380,9 @@ def prepare_forward(model, cache_class: type, num_blocks: int, input_ids, inputs
         output_hidden_states = model.config.output_hidden_states
     batch_size, length = (input_ids if inputs_embeds is None else inputs_embeds).shape[:2]
     if cache is not None:
-        if not isinstance(cache, cache_class):
+        if type(cache) is not cache_class:  # exactly: the other family's cache subclasses XLSTMCache
             raise TypeError(f"cache must be an {cache_class.__name__}, got {type(cache).__name__}")
+        cache.check_continuable()
         cache.check_compatible(model.config, batch_size)
     elif use_cache:
         cache = model.new_cache(batch_size)
@@ -533,11 +534,29 @@ class XLSTMModel(XLSTMPreTrainedModel):
         return self.out_norm(x)
 
 
+class FinishedRows(StoppingCriteriaList):
+    """A decoding loop's stopping criteria, also remembering which rows had finished before the last token was
+    appended. transformers appends a pad token to a finished row at every later step; fed as padding (mask 0), they
+    leave the row's state as it was at its end, as the row alone would have it."""
+
+    def __init__(self, criteria: StoppingCriteriaList):
+        super().__init__(criteria)
+        self.before_last: torch.Tensor | None = None  # (B,) bool, None until the second call
+        self._finished: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        done = super().__call__(input_ids, scores, **kwargs)
+        self.before_last = self._finished
+        self._finished = done if self._finished is None else self._finished | done
+        return done
+
+
 class RecurrentGenerationMixin(GenerationMixin):
     """generate() plumbing for a model whose whole past is a recurrent state in a static cache: the cache made up
     front (`new_generation_cache`), only the new tokens fed, the attention mask passed whole (its tail marks
     padding)."""
 
+    cache_class: type[Cache]  # the only cache the model continues
     # Devices on which transformers' sampling loop reads its stop flag one step late instead of waiting for every
     # token (see `deferred_stop`); () keeps transformers' own choice.
     deferred_stop_devices: tuple[str, ...] = ("cuda",)
@@ -545,10 +564,24 @@ class RecurrentGenerationMixin(GenerationMixin):
     def new_generation_cache(self, batch_size: int) -> Cache:
         raise NotImplementedError
 
-    def _sample(self, *args, **kwargs):
-        """transformers' greedy / sampling loop, reading its stop flag a step late on `deferred_stop_devices`."""
+    def _sample(self, input_ids: torch.LongTensor, logits_processor, stopping_criteria: StoppingCriteriaList,
+                generation_config, *args, **model_kwargs):
+        """transformers' greedy / sampling loop, reading its stop flag a step late on `deferred_stop_devices`, and
+        feeding the pad tokens that it appends to rows finished by EOS as padding (`FinishedRows`)."""
+        if input_ids.shape[0] > 1 and any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria):
+            stopping_criteria = model_kwargs["finished_rows"] = FinishedRows(stopping_criteria)
         with deferred_stop_checks(self.deferred_stop_devices):
-            return super()._sample(*args, **kwargs)
+            return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config, *args,
+                                   **model_kwargs)
+
+    def _beam_search(self, *args, **model_kwargs):
+        """transformers' beam search, marking the cache it leaves as not to be continued: it holds the states of the
+        beams still running at the end, not those of the sequences returned (chosen among beams finished earlier)."""
+        result = super()._beam_search(*args, **model_kwargs)
+        if (cache := model_kwargs.get("cache")) is not None:
+            cache.not_continuable = ("beam search left it holding the states of its last running beams, which are not "
+                                     "the sequences it returned")
+        return result
 
     @staticmethod
     def _refuse_packed_documents(attention_mask: torch.Tensor | None, kwargs: dict) -> None:
@@ -590,6 +623,10 @@ class RecurrentGenerationMixin(GenerationMixin):
         cache = model_kwargs.get("cache")
         expand = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
         if cache is not None:
+            if type(cache) is not self.cache_class:
+                raise TypeError(f"generate() got a cache of type {type(cache).__name__}: this model continues only "
+                                f"an {self.cache_class.__name__} (returned by its forward or generate())")
+            cache.check_continuable()
             if generation_config.use_cache is False:
                 raise ValueError(
                     "generate() got a `cache` and use_cache=False: without a cache, generate() feeds the whole "
@@ -602,6 +639,12 @@ class RecurrentGenerationMixin(GenerationMixin):
                     f"`cache` has batch size {cache.batch_size}, but generate() got {batch_size} sequences"
                     + (f" ({batch_size * expand} with num_beams / num_return_sequences)" if expand > 1 else "")
                     + ": pass the cache of these very sequences"
+                )
+            if expand > 1 and cache.batch_size == batch_size * expand != batch_size and not cache.rows_repeat(expand):
+                raise ValueError(
+                    f"`cache` has {expand} states per prompt, and they differ: it is the cache of other sequences "
+                    "(such as the ones a generate() with num_return_sequences returned). Pass those sequences with "
+                    "it, or the cache of these prompts, one state per prompt"
                 )
         if cache is not None or generation_config.use_cache is False:
             return super()._prepare_cache_for_generation(
@@ -628,9 +671,34 @@ class RecurrentGenerationMixin(GenerationMixin):
                 "whole conversation with at least one token the cache has not seen (or only the new tokens, with "
                 "an attention_mask over the whole conversation); a recurrent state cannot be rolled back"
             )
-        if cache is not None and cache.batch_size != input_ids.shape[0]:
-            cache.batch_repeat_interleave(input_ids.shape[0] // cache.batch_size)
-        return super()._prefill(input_ids, generation_config, model_kwargs, is_first_iteration)
+        if held and embeds is None and mask_length > given and mask_length != held + given:
+            raise ValueError(
+                f"the attention_mask covers {mask_length} tokens, but the `cache` holds {held} and the input adds "
+                f"{given}: with only the new tokens, the mask covers the whole conversation ({held + given})"
+            )
+        repeats = input_ids.shape[0] // cache.batch_size if cache is not None else 1
+        if repeats > 1:
+            cache.batch_repeat_interleave(repeats)
+        try:
+            if embeds is not None and generation_config.prefill_chunk_size:
+                return self._prefill_embeddings_in_chunks(embeds[:, held:], generation_config, model_kwargs)
+            return super()._prefill(input_ids, generation_config, model_kwargs, is_first_iteration)
+        except Exception:
+            if repeats > 1:  # a refused call leaves the caller's cache as it was: one state per prompt
+                cache.batch_select_indices(torch.arange(0, cache.batch_size, repeats))
+            raise
+
+    def _prefill_embeddings_in_chunks(self, embeds: torch.Tensor, generation_config, model_kwargs: dict):
+        """The prefill of an `inputs_embeds` prompt (the part the cache has not seen), `prefill_chunk_size` positions
+        at a time: transformers' chunked prefill splits input_ids only, which such a prompt lacks."""
+        mask, held = model_kwargs.get("attention_mask"), model_kwargs["cache"].get_seq_length()
+        for chunk in embeds.split(generation_config.prefill_chunk_size, dim=1):
+            held += chunk.shape[1]
+            chunk_kwargs = {**model_kwargs, "inputs_embeds": chunk,
+                            "attention_mask": None if mask is None else mask[:, :held]}
+            outputs = self(**self.prepare_inputs_for_generation(None, is_first_iteration=True, **chunk_kwargs),
+                           return_dict=True)
+        return outputs
 
     def prepare_inputs_for_generation(
         self,
@@ -640,10 +708,15 @@ class RecurrentGenerationMixin(GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         is_first_iteration: bool | None = False,
+        finished_rows: FinishedRows | None = None,
         **kwargs,
     ) -> dict:
-        """The new tokens only (the state holds the past), the full attention mask (its tail marks padding), and
-        the cache; no 4D mask and no position ids, which a recurrent model has no use for."""
+        """The new tokens only (the state holds the past), the full attention mask (its tail marks padding, and
+        the pad tokens appended to rows that finished, see `FinishedRows`), and the cache; no 4D mask and no
+        position ids, which a recurrent model has no use for."""
+        if finished_rows is not None and finished_rows.before_last is not None and next_sequence_length == 1:
+            running = ~finished_rows.before_last[:, None]
+            attention_mask = running if attention_mask is None else attention_mask[:, -1:].bool() & running
         if inputs_embeds is not None and is_first_iteration:
             embeds = inputs_embeds[:, -next_sequence_length:] if next_sequence_length else inputs_embeds
             model_inputs = {"input_ids": None, "inputs_embeds": embeds}
@@ -660,6 +733,7 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
     """xLSTM with a language-modelling head (soft-capped logits)."""
 
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
+    cache_class = XLSTMCache
 
     # Decode steps on CUDA replay a captured CUDA graph (no Python or launch overhead per token): the default; turn
     # it off with `model.cuda_graphs = False` or XLSTM_HF_CUDA_GRAPHS=0. Not with PEFT adapters in the model (see

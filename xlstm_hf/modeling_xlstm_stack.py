@@ -459,6 +459,7 @@ class XLSTMStackForCausalLM(XLSTMStackModel, RecurrentGenerationMixin):
     state dict is exactly the `xlstm` package's `xLSTMLMModel`'s."""
 
     _tied_weights_keys = {"lm_head.weight": "token_embedding.weight"}
+    cache_class = XLSTMStackCache
 
     def _add_heads(self, config: XLSTMStackConfig) -> None:
         self.lm_head = nn.Linear(config.embedding_dim, config.vocab_size, bias=False)
@@ -528,6 +529,13 @@ class XLSTMStackForCausalLM(XLSTMStackModel, RecurrentGenerationMixin):
 
     def new_generation_cache(self, batch_size: int) -> XLSTMStackCache:
         return self.new_cache(batch_size)
+
+    def _valid_auto_compile_criteria(self, model_kwargs: dict, generation_config) -> bool:
+        # transformers compiles the decode step of every model with a static cache on CUDA. Here that compile took
+        # about a minute on an H200 (3 tokens in 57.7 s), and its CUDA graphs skip the in-place state updates, so a
+        # short generation never earns it back: compiled only when asked for, with a compile_config.
+        return generation_config.compile_config is not None and super()._valid_auto_compile_criteria(
+            model_kwargs, generation_config)
 
 
 def register_peft_defaults() -> bool:

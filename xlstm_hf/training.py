@@ -110,9 +110,9 @@ def write_atomically(path: str | Path, text: str) -> Path:
     return path
 
 
-# Weight files of a transformers save (single, sharded, index) and of a PEFT adapter save, which a new save of the
-# same kind replaces rather than adds to.
-WEIGHT_FILE = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?")
+# Weight files of a transformers save (single, sharded, index; each also as a variant such as model.fp16.safetensors)
+# and of a PEFT adapter save, which a new save of the same kind replaces rather than adds to.
+WEIGHT_FILE = re.compile(r"(model|pytorch_model)(\.\w+)?(-\d+-of-\d+)?\.(safetensors|bin)(\.index(\.\w+)?\.json)?")
 ADAPTER_FILE = re.compile(r"adapter_model\.(safetensors|bin)|adapter_config\.json")
 
 
