@@ -59,16 +59,15 @@ def _load_model(name: str, base_only: bool = False, **kwargs):
     from transformers import AutoModelForCausalLM
 
     import xlstm_hf  # noqa: F401  (registers our classes)
-    from .conversion import checkpoint_model_type, load_base_model
 
     path = Path(name)
     if (path.exists() or name.startswith((".", "/"))) and not (path / "config.json").is_file():
         raise CommandError(f"--model {name}: no config.json there")
     if not base_only:
         return load_pretrained(AutoModelForCausalLM, "--model", name, **kwargs)
+    from .conversion import load_base_model
+
     try:
-        if (model_type := checkpoint_model_type(path / "config.json")) != xlstm_hf.XLSTMConfig.model_type:
-            raise ValueError(f"model_type {model_type!r} is not an xLSTM 7B checkpoint's")
         return load_base_model(path, kwargs.get("dtype"))
     except (OSError, ValueError, RuntimeError) as error:
         raise CommandError(f"--model {name}: {error}") from None

@@ -36,9 +36,6 @@ WEIGHT_MODES = ("single", "fused")
 LEGACY_RENAMES = {"add_post_blocks_norm": "add_out_norm", "cell_norm_eps": "eps"}
 # NX-AI/xLSTM-7b's kernel choices: read as a run-time preference, like the kernel fields, and not saved.
 LEGACY_KERNEL_FIELDS = ("forward_backend_name", "step_backend_name")
-# Every name a field can be given under; a load-time keyword argument replaces them all in the saved dict.
-FIELD_ALIASES = {"hidden_size": ("embedding_dim",), "num_hidden_layers": ("num_blocks",),
-                 "add_out_norm": ("add_post_blocks_norm",), "eps": ("cell_norm_eps",)}
 TOKEN_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
 
@@ -60,14 +57,6 @@ def resolve_alias(config: PretrainedConfig, name: str, alias: str, default: int,
 def round_up_to_multiple(x: float, multiple: int) -> int:
     """Round x up to a multiple, with the exact arithmetic of transformers and the xlstm package (their FFN widths)."""
     return int(((x + multiple - 1) // multiple) * multiple)
-
-
-def field_names() -> dict[str, str]:
-    """Every name XLSTMConfig reads a field of its own under (field names, aliases, legacy names), onto the field."""
-    names = {alias: field for field, aliases in FIELD_ALIASES.items() for alias in aliases}
-    names.update({field: field for field in XLSTMConfig.__annotations__})
-    names.update({name: name for name in (*LEGACY_KERNEL_FIELDS, "head_dim")})
-    return names
 
 
 class XLSTMConfig(PretrainedConfig):
@@ -157,6 +146,7 @@ class XLSTMConfig(PretrainedConfig):
         # transformers' xLSTM builds its blocks from num_blocks and keeps num_hidden_layers=32 beside it.
         self.num_hidden_layers = resolve_alias(self, "num_hidden_layers", "num_blocks", 32, kwargs, alias_builds=True)
         legacy_kernels = {name: kwargs.pop(name) for name in LEGACY_KERNEL_FIELDS if name in kwargs}
+        self._requested_kernel = None
         self._normalise_kernel_names({name: value for name, value in legacy_kernels.items() if value})
         super().__post_init__(**kwargs)
         self._validate()
@@ -170,12 +160,10 @@ class XLSTMConfig(PretrainedConfig):
         """transformers' `from_dict`, with the keyword arguments that name our fields (`from_pretrained(path,
         num_heads=4)`) applied before the config is built: transformers would set them as attributes afterwards,
         past the checks and normalisation of `__post_init__` (aliases, kernel names, float fields)."""
-        names = field_names()
         config_dict = dict(config_dict)
-        for key in [key for key in kwargs if key in names]:
-            field = names[key]
-            for name in (field, *FIELD_ALIASES.get(field, ())):
-                config_dict.pop(name, None)
+        for key in [key for key in kwargs if key in FIELD_NAMES]:
+            for name in [name for name, field in FIELD_NAMES.items() if field == FIELD_NAMES[key]]:
+                config_dict.pop(name, None)  # the field under every name, so that the argument wins
             config_dict[key] = kwargs.pop(key)
         return super().from_dict(config_dict, **kwargs)
 
@@ -183,10 +171,10 @@ class XLSTMConfig(PretrainedConfig):
         """transformers' checks, which `save_pretrained` runs, and ours: a field set as an attribute after the config
         was built is checked before it is saved, and a kernel name is saved as the native one vanilla accepts."""
         super().validate()
-        self._normalise_kernel_names({})
+        self._normalise_kernel_names()
         self._validate()
 
-    def _normalise_kernel_names(self, legacy: dict[str, str]) -> None:
+    def _normalise_kernel_names(self, legacy: dict[str, str] | None = None) -> None:
         # Triton/CUDA kernel names from the xlstm package or NX-AI's config would make the saved config.json fail
         # vanilla transformers' strict validation; they only ever express a run-time preference, kept unsaved. A
         # name no backend answers to fails here, naming its field, not at the first forward.
@@ -197,14 +185,14 @@ class XLSTMConfig(PretrainedConfig):
                 logger.info(f"{field}={value!r} is chosen at run time; saving {allowed[0]!r} for compatibility.")
                 requests[field] = value
                 setattr(self, field, allowed[0])
-        requests.update(legacy)
+        requests.update(legacy or {})
         for field, value in requests.items():
             try:
                 normalize_backend(value)
             except ValueError as error:
                 raise ValueError(f"{field}: {error}") from None
-        if requests or not hasattr(self, "_requested_kernel"):
-            self._requested_kernel = next(iter(requests.values()), None)
+        if requests:  # a name set later (as an attribute) replaces the one read at construction
+            self._requested_kernel = next(iter(requests.values()))
 
     @property
     def kernel_preference(self) -> str | None:
@@ -278,5 +266,12 @@ class XLSTMConfig(PretrainedConfig):
         """Inner width of the gated FFN (10944 for the 7B)."""
         return round_up_to_multiple(self.hidden_size * self.ffn_proj_factor, self.ffn_round_up_to_multiple_of)
 
+
+# Every name XLSTMConfig reads a field of its own under (fields, aliases, legacy names), onto the field it sets.
+FIELD_NAMES = {
+    **{field: field for field in (*XLSTMConfig.__annotations__, *LEGACY_KERNEL_FIELDS, "head_dim")},
+    **XLSTMConfig.attribute_map,
+    **LEGACY_RENAMES,
+}
 
 __all__ = ["XLSTMConfig"]

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .configuration_xlstm import XLSTMConfig, field_names
+from .configuration_xlstm import FIELD_NAMES, XLSTMConfig
 from .modeling_xlstm import XLSTMForCausalLM
 from .training import ADAPTER_FILE, WEIGHT_FILE, save_atomically
 
@@ -88,16 +88,12 @@ def convert_checkpoint(
     source = Path(source)
     companions, generation_config, card = [], None, None
     if xlstm_large_config is not None:
-        unknown = sorted(set(xlstm_large_config) - set(field_names()))
+        unknown = sorted(set(xlstm_large_config) - set(FIELD_NAMES))
         if unknown:  # XLSTMConfig keeps any keyword: a misspelt field would silently be the default
             raise ValueError(f"the xLSTMLarge config has fields XLSTMConfig does not know: {', '.join(unknown)}")
         config = XLSTMConfig(**xlstm_large_config)
         state_dict = from_xlstm_large_state_dict(_load_state_dict(source))
     else:
-        model_type = checkpoint_model_type(source / "config.json")
-        if model_type != XLSTMConfig.model_type:
-            raise ValueError(f"{source} holds model_type {model_type!r}: convert takes xLSTM 7B checkpoints "
-                             f"(model_type {XLSTMConfig.model_type!r}: ours, transformers', NX-AI's)")
         model = load_base_model(source, dtype)
         config, state_dict, generation_config = model.config, model.state_dict(), model.generation_config
         companions, card = companion_files(source, model), generated_card_arguments(source / "README.md", model)
@@ -153,7 +149,12 @@ def checkpoint_model_type(config_file: Path) -> str | None:
 def load_base_model(folder: Path, dtype: torch.dtype | None) -> XLSTMForCausalLM:
     """The model saved in `folder`, without the LoRA adapters that may be saved beside it (from_pretrained would apply
     them, and the state dict would then name the adapted layers' parts instead of the weights). Weights the files
-    lack are an error: from_pretrained would only log them, and initialise them at random."""
+    lack are an error: from_pretrained would only log them, and initialise them at random; so is a checkpoint of
+    another model type (it would become a random xLSTM 7B-style model)."""
+    model_type = checkpoint_model_type(folder / "config.json")
+    if model_type != XLSTMConfig.model_type:
+        raise ValueError(f"{folder} holds model_type {model_type!r}: this takes xLSTM 7B checkpoints "
+                         f"(model_type {XLSTMConfig.model_type!r}: ours, transformers', NX-AI's)")
     adapters = {entry.name for entry in folder.iterdir() if ADAPTER_FILE.fullmatch(entry.name)}
     with tempfile.TemporaryDirectory() if adapters else contextlib.nullcontext(folder) as view:
         if adapters:  # the folder seen without its adapters, through links

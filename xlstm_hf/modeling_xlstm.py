@@ -380,15 +380,21 @@ def prepare_forward(model, cache_class: type, num_blocks: int, input_ids, inputs
         output_hidden_states = model.config.output_hidden_states
     batch_size, length = (input_ids if inputs_embeds is None else inputs_embeds).shape[:2]
     if cache is not None:
-        if type(cache) is not cache_class:  # exactly: the other family's cache subclasses XLSTMCache
-            raise TypeError(f"cache must be an {cache_class.__name__}, got {type(cache).__name__}")
-        cache.check_continuable()
+        check_cache(cache, cache_class)
         cache.check_compatible(model.config, batch_size)
     elif use_cache:
         cache = model.new_cache(batch_size)
     states = cache.states_to_continue() if cache is not None else [None] * num_blocks
     return ForwardInputs(use_cache, output_hidden_states, batch_size, length, cache,
                          padding_mask(attention_mask, length), states)
+
+
+def check_cache(cache, cache_class: type) -> None:
+    """A `TypeError` unless `cache` is exactly a `cache_class` (the other family's cache subclasses XLSTMCache), and
+    a `ValueError` if it is known not to hold the state of the sequences it would continue (`check_continuable`)."""
+    if type(cache) is not cache_class:
+        raise TypeError(f"cache must be an {cache_class.__name__}, got {type(cache).__name__}")
+    cache.check_continuable()
 
 
 def check_inputs(config, input_ids, inputs_embeds, attention_mask) -> None:
@@ -541,13 +547,13 @@ class FinishedRows(StoppingCriteriaList):
 
     def __init__(self, criteria: StoppingCriteriaList):
         super().__init__(criteria)
-        self.before_last: torch.Tensor | None = None  # (B,) bool, None until the second call
-        self._finished: torch.Tensor | None = None
+        self.running_before_last: torch.Tensor | None = None  # (B, 1) bool, None until the second call
+        self._running: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         done = super().__call__(input_ids, scores, **kwargs)
-        self.before_last = self._finished
-        self._finished = done if self._finished is None else self._finished | done
+        self.running_before_last = self._running
+        self._running = ~done[:, None] if self._running is None else self._running & ~done[:, None]
         return done
 
 
@@ -623,10 +629,7 @@ class RecurrentGenerationMixin(GenerationMixin):
         cache = model_kwargs.get("cache")
         expand = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
         if cache is not None:
-            if type(cache) is not self.cache_class:
-                raise TypeError(f"generate() got a cache of type {type(cache).__name__}: this model continues only "
-                                f"an {self.cache_class.__name__} (returned by its forward or generate())")
-            cache.check_continuable()
+            check_cache(cache, self.cache_class)  # before the cache's batch size is read, or it is expanded
             if generation_config.use_cache is False:
                 raise ValueError(
                     "generate() got a `cache` and use_cache=False: without a cache, generate() feeds the whole "
@@ -714,9 +717,9 @@ class RecurrentGenerationMixin(GenerationMixin):
         """The new tokens only (the state holds the past), the full attention mask (its tail marks padding, and
         the pad tokens appended to rows that finished, see `FinishedRows`), and the cache; no 4D mask and no
         position ids, which a recurrent model has no use for."""
-        if finished_rows is not None and finished_rows.before_last is not None and next_sequence_length == 1:
-            running = ~finished_rows.before_last[:, None]
-            attention_mask = running if attention_mask is None else attention_mask[:, -1:].bool() & running
+        running = finished_rows.running_before_last if finished_rows is not None else None
+        if running is not None and next_sequence_length == 1:
+            attention_mask = running if attention_mask is None else attention_mask[:, -1:] * running
         if inputs_embeds is not None and is_first_iteration:
             embeds = inputs_embeds[:, -next_sequence_length:] if next_sequence_length else inputs_embeds
             model_inputs = {"input_ids": None, "inputs_embeds": embeds}
