@@ -488,6 +488,49 @@ def test_a_generate_call_refused_by_the_forward_leaves_the_cache_as_it_was():
     assert torch.equal(continued, model.generate(ids, **options))
 
 
+def test_a_chunked_prefill_refuses_a_bad_token_before_any_chunk_is_absorbed():
+    model = tiny_model()
+    ids = random_ids(1, 20)
+    cache = model(ids[:, :5]).cache
+    bad = ids.clone()
+    bad[0, 18] = model.config.vocab_size  # in the last of four chunks
+    with pytest.raises(ValueError, match="vocabulary"):
+        model.generate(bad, attention_mask=torch.ones_like(bad), cache=cache, prefill_chunk_size=4, max_new_tokens=2)
+    assert cache.get_seq_length() == 5
+    options = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    continued = model.generate(ids, attention_mask=torch.ones_like(ids), cache=cache, prefill_chunk_size=4, **options)
+    assert torch.equal(continued, model.generate(ids, **options))
+
+
+@pytest.mark.parametrize("where, error", [("chunked prefill", RuntimeError), ("decoding", KeyboardInterrupt)])
+def test_a_cache_that_a_failed_generate_call_changed_is_not_continued(where, error):
+    # The second forward fails: after one chunk of the prompt, or after the prefill. The cache holds part of the
+    # call's tokens, and the caller has no output saying which.
+    model = tiny_model()
+    ids = random_ids(1, 20)
+    cache = model(ids[:, :5]).cache
+    forwards = []
+
+    def fail_second(module, args, kwargs):
+        forwards.append(kwargs)
+        if len(forwards) == 2:
+            raise error("stopped")
+
+    hook = model.backbone.register_forward_pre_hook(fail_second, with_kwargs=True)
+    with pytest.raises(error, match="stopped"):
+        model.generate(ids, attention_mask=torch.ones_like(ids), cache=cache, max_new_tokens=3,
+                       prefill_chunk_size=4 if where == "chunked prefill" else None)
+    hook.remove()
+    assert cache.get_seq_length() == 5 + (4 if where == "chunked prefill" else 15)
+    with pytest.raises(ValueError, match="generate\\(\\) call failed"):
+        model.generate(ids, attention_mask=torch.ones_like(ids), cache=cache, max_new_tokens=2)
+    with pytest.raises(ValueError, match="generate\\(\\) call failed"):
+        model(random_ids(1, 1), cache=cache)
+    cache.reset()
+    options = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert torch.equal(model.generate(ids, cache=cache, **options), model.generate(ids, **options))
+
+
 def test_a_mask_that_does_not_cover_the_conversation_is_refused():
     model = tiny_model()
     ids = random_ids(1, 12)

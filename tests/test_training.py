@@ -19,6 +19,7 @@ import xlstm_hf
 import xlstm_hf.modeling_xlstm
 from helpers import make_tokenizer, random_ids, run_script, script_help, tiny_model
 from xlstm_hf.kernels import mlstm_recurrent_sequence
+from xlstm_hf import training
 from xlstm_hf.training import (PackedBlocks, SFTExamples, read_texts, right_padded_batch, save_atomically,
                                write_atomically)
 
@@ -144,7 +145,32 @@ def test_packed_blocks_and_data_errors(tmp_path):
         read_texts([tmp_path / "c.jsonl"])
 
 
-def test_save_atomically_never_leaves_a_half_written_folder(tmp_path):
+@pytest.fixture(params=["exchange", "renames", "no hard links"])
+def swap(request, monkeypatch, tmp_path):
+    """How save_atomically puts the new folder in place: in one exchange (Linux), or by renames, where the system
+    has no exchange or the file system no hard links."""
+    if request.param == "exchange" and not exchange_works(tmp_path):
+        pytest.skip("this system or file system has no RENAME_EXCHANGE")
+    if request.param != "exchange":
+        monkeypatch.setattr(training, "_exchange", lambda a, b: False)
+    if request.param == "no hard links":
+        def refuse(*args, **kwargs):
+            raise PermissionError("this file system has no hard links")
+
+        monkeypatch.setattr(training.os, "link", refuse)
+    return request.param
+
+
+def exchange_works(where: Path) -> bool:
+    with tempfile.TemporaryDirectory(dir=where) as folder:
+        a, b = Path(folder, "a"), Path(folder, "b")
+        a.mkdir()
+        b.mkdir()
+        (a / "x").touch()
+        return training._exchange(a, b) and (b / "x").exists()
+
+
+def test_save_atomically_never_leaves_a_half_written_folder(tmp_path, swap):
     model = tiny_model()
     target = save_atomically(tmp_path / "out", model)
     before = sorted(p.name for p in target.iterdir())
@@ -160,7 +186,7 @@ def test_save_atomically_never_leaves_a_half_written_folder(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
 
 
-def test_save_atomically_updates_a_folder_as_save_pretrained_does(tmp_path):
+def test_save_atomically_updates_a_folder_as_save_pretrained_does(tmp_path, swap):
     # Into an existing folder: new files replace old ones, an earlier save's weights go, every other entry stays.
     model, out = tiny_model(), tmp_path / "out"
     model.save_pretrained(out, max_shard_size="100KB")
@@ -186,7 +212,32 @@ def test_save_atomically_updates_a_folder_as_save_pretrained_does(tmp_path):
     assert (tmp_path / "file").read_text() == "mine" and len(list(tmp_path.iterdir())) == 2
 
 
-def test_save_atomically_replaces_only_the_weights_of_the_kind_it_writes(tmp_path, monkeypatch):
+def test_save_atomically_shows_a_reader_the_old_folder_or_the_new_one_whole(tmp_path, monkeypatch):
+    if not exchange_works(tmp_path):
+        pytest.skip("this system or file system has no RENAME_EXCHANGE")
+    model, out = tiny_model(), tmp_path / "out"
+    save_atomically(out, model)
+    (out / "tokenizer.json").write_text("{}")
+    (out / ".git").mkdir()
+    (out / ".git" / "HEAD").write_text("ref: main")
+    whole = {"config.json", "model.safetensors", "tokenizer.json", ".git"}
+    seen = []
+
+    def then_look(step):  # a reader's view after each step that moves entries
+        def wrapped(*args):
+            result = step(*args)
+            seen.append(out.is_dir() and whole <= {p.name for p in out.iterdir()})
+            return result
+        return wrapped
+
+    monkeypatch.setattr(Path, "rename", then_look(Path.rename))
+    monkeypatch.setattr(training, "_exchange", then_look(training._exchange))
+    save_atomically(out, tiny_model(seed=1))
+    assert seen and all(seen)
+    assert (out / ".git" / "HEAD").read_text() == "ref: main" and sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_save_atomically_replaces_only_the_weights_of_the_kind_it_writes(tmp_path, monkeypatch, swap):
     """Adapters saved into their base model's folder deleted its weights; a model saved where adapters were kept
     them, and from_pretrained applied the stale adapters on top of the new weights, silently."""
     from peft import LoraConfig, get_peft_model

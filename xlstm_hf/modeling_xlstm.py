@@ -570,6 +570,21 @@ class RecurrentGenerationMixin(GenerationMixin):
     def new_generation_cache(self, batch_size: int) -> Cache:
         raise NotImplementedError
 
+    def generate(self, *args, **kwargs):
+        """transformers' [`~GenerationMixin.generate`]. A `cache` passed in that the call fails or is interrupted after
+        changing (partway through a chunked prefill, or while decoding) is marked as not to be continued: its state
+        then holds part of the conversation, and no output says which part."""
+        cache = next((kwargs[name] for name in ("cache", "past_key_values", "cache_params")
+                      if isinstance(kwargs.get(name), self.cache_class)), None)
+        held = cache.get_seq_length() if cache is not None else None
+        try:
+            return super().generate(*args, **kwargs)
+        except BaseException:
+            if cache is not None and cache.get_seq_length() != held:
+                cache.not_continuable = (f"a generate() call failed after its state took in "
+                                         f"{cache.get_seq_length() - held} of the call's tokens")
+            raise
+
     def _sample(self, input_ids: torch.LongTensor, logits_processor, stopping_criteria: StoppingCriteriaList,
                 generation_config, *args, **model_kwargs):
         """transformers' greedy / sampling loop, reading its stop flag a step late on `deferred_stop_devices`, and
@@ -679,6 +694,8 @@ class RecurrentGenerationMixin(GenerationMixin):
                 f"the attention_mask covers {mask_length} tokens, but the `cache` holds {held} and the input adds "
                 f"{given}: with only the new tokens, the mask covers the whole conversation ({held + given})"
             )
+        if generation_config.prefill_chunk_size and embeds is None:  # every chunk's ids before the first is absorbed
+            check_inputs(self.config, input_ids, None, None)
         repeats = input_ids.shape[0] // cache.batch_size if cache is not None else 1
         if repeats > 1:
             cache.batch_repeat_interleave(repeats)

@@ -4,9 +4,14 @@ padding whose padded positions are masked exactly (attention mask and labels -10
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import json
+import os
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -131,7 +136,9 @@ def save_atomically(output_dir: str | Path, *savables) -> Path:
     """Save every object (`save_pretrained`, or a function of the folder) into a temporary sibling folder, then
     rename it to `output_dir`, so that a failure never leaves a half-written folder. An existing `output_dir` is
     updated as `save_pretrained` would update it: the new files replace the old, the old folder's other entries
-    (tokenizer, README, `.git`, ...) are kept, except the weights that the new ones replace (`_stale`). A symlink is
+    (tokenizer, README, `.git`, ...) are kept, except the weights that the new ones replace (`_stale`). On Linux the
+    new folder takes the old one's place in one step, the kept entries hard-linked into it, so that a reader always
+    finds the old folder or the new one, whole; elsewhere the old folder is renamed away first. A symlink is
     followed: the folder it points to is the one updated."""
     output_dir = Path(output_dir).resolve()  # "." has no name to build the siblings from; a link, its target
     if output_dir.exists() and not output_dir.is_dir():
@@ -139,24 +146,70 @@ def save_atomically(output_dir: str | Path, *savables) -> Path:
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()  # not tempfile.mkdtemp: that folder would stay private (0700) once renamed into place
-    old, kept = tmp.with_name(tmp.name.replace(".tmp-", ".old-")), []
+    old, moved = tmp.with_name(tmp.name.replace(".tmp-", ".old-")), []
     try:
         for obj in savables:  # objects with save_pretrained, or functions of the folder
             obj.save_pretrained(tmp) if hasattr(obj, "save_pretrained") else obj(tmp)
-        if output_dir.exists():
-            written = [entry.name for entry in tmp.iterdir()]
-            for entry in list(output_dir.iterdir()):
-                if not (tmp / entry.name).exists() and not _stale(entry.name, written):
-                    entry.rename(tmp / entry.name)
-                    kept.append(entry.name)
+        if not output_dir.exists():
+            tmp.rename(output_dir)
+            return output_dir
+        written = [entry.name for entry in tmp.iterdir()]
+        kept = [entry for entry in output_dir.iterdir()
+                if not (tmp / entry.name).exists() and not _stale(entry.name, written)]
+        if _linked_into(tmp, kept) and _exchange(tmp, output_dir):
+            old = tmp  # which now holds the old folder
+        else:
+            for entry in kept:
+                entry.rename(tmp / entry.name)
+                moved.append(entry.name)
             output_dir.rename(old)
-        tmp.rename(output_dir)
+            tmp.rename(output_dir)
     except BaseException:  # the old folder back as it was
         if old.exists():
             old.rename(output_dir)
-        for name in kept:
+        for name in moved:
             (tmp / name).rename(output_dir / name)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
     return output_dir
+
+
+def _linked_into(folder: Path, entries: list[Path]) -> bool:
+    """Hard links of `entries` (a folder as a tree of links) in `folder`, the entries left in place. False, with none
+    of them left in `folder`, where the file system refuses."""
+    try:
+        for entry in entries:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, folder / entry.name, symlinks=True, copy_function=os.link)
+            else:
+                os.link(entry, folder / entry.name, follow_symlinks=False)
+    except OSError:
+        for entry in entries:
+            link = folder / entry.name
+            shutil.rmtree(link) if link.is_dir() and not link.is_symlink() else link.unlink(missing_ok=True)
+        return False
+    return True
+
+
+@functools.cache
+def _renameat2():
+    """Linux's renameat2 from the C library, or None (another system, or a C library without it)."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
+    if renameat2 is not None:
+        renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return renameat2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (renameat2 with RENAME_EXCHANGE). False where the system or the file system can't."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    at_cwd, rename_exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE from <fcntl.h>, <linux/fs.h>
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, os.strerror(error), str(a), None, str(b))
