@@ -22,7 +22,8 @@ setup(
     extras_require={
         "triton": ["triton>=3.6"],
         "peft": ["peft>=0.17"],
-        "eval": ["lm_eval>=0.4.8", "wonderwords"],  # wonderwords: RULER's common-words task
+        # ifeval, math: what the Leaderboard's IFEval and MATH tasks import; wonderwords: RULER's common-words task
+        "eval": ["lm_eval[ifeval,math]>=0.4.8", "wonderwords"],
         # xlstm: the reference of the xLSTM[a:b] parity tests (tests/test_xlstm_stack.py); a test dependency only,
         # never imported by xlstm_hf (NXAI Community License). Its own dependencies keep the installed torch.
         # matplotlib: benchmarks/plots.py, which the tests run on a tiny benchmark's results; pytest-xdist: the suite

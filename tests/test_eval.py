@@ -10,6 +10,7 @@ import torch
 
 pytest.importorskip("lm_eval")
 from lm_eval import simple_evaluate  # noqa: E402
+from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from helpers import copy_forcing_bos, make_tokenizer, tiny_model  # noqa: E402
@@ -193,7 +194,37 @@ def test_ruler_prompts_synthesised_offline_with_the_models_tokenizer(setup, tmp_
     (tmp_path / "essays.txt").write_text(" ".join(WORDS * 200))
     with local_files(essays=str(tmp_path / "essays.txt")):
         assert niah_utils.get_haystack(type_haystack="essay")[:4] == ["the", "way", "of", "word"]
-    assert niah_utils.get_haystack(type_haystack="repeat").startswith("The grass is green")  # restored
+    assert niah_utils.get_haystack(type_haystack="repeat").startswith("The grass is green")
+
+
+def test_ruler_tasks_built_by_lm_eval_read_the_local_files_each_time(setup, tmp_path, monkeypatch):
+    """lm-eval's task loader executes its RULER modules anew: patching their functions served nothing (the QA tasks
+    went to the network), and a second call's essays were the first call's."""
+    import re
+
+    import requests
+    from lm_eval.tasks.ruler import prepare_niah
+
+    from xlstm_hf.eval.ruler import local_files
+
+    def no_network(url, *args, **kwargs):
+        raise requests.ConnectionError(f"fetched {url}")
+
+    monkeypatch.setattr(requests, "get", no_network)
+    monkeypatch.setattr(prepare_niah, "sent_tokenize", lambda text: re.split(r"(?<=\.) ", text))  # NLTK's: a download
+    paragraphs = [{"context": f"{WORDS[i % len(WORDS)]} is paragraph {i}.", "qas": [
+        {"question": f"which is {i}?", "is_impossible": False, "answers": [{"text": str(i)}]}]} for i in range(600)]
+    squad = {"data": [{"paragraphs": [paragraph]} for paragraph in paragraphs]}
+    (tmp_path / "squad.json").write_text(json.dumps(squad))
+    for marker, other in (("ALPHA", "BRAVO"), ("BRAVO", "ALPHA")):
+        (tmp_path / f"{marker}.txt").write_text(" ".join(f"{marker} the way of word is what they said." for _ in
+                                                         range(400)))
+        with local_files(essays=str(tmp_path / f"{marker}.txt"), squad=str(tmp_path / "squad.json")):
+            tasks = TaskManager(metadata={"max_seq_lengths": [256], "tokenizer": str(setup[0])}).load(
+                ["niah_single_2", "ruler_qa_squad"])["tasks"]
+        essay_prompt = tasks["niah_single_2"].dataset["test"][0]["input"]
+        assert marker in essay_prompt and other not in essay_prompt
+        assert "is paragraph" in tasks["ruler_qa_squad"].dataset["test"][0]["input"]
 
 
 def test_ruler_lengths_the_paper_did_not_run(tmp_path, monkeypatch):
@@ -254,7 +285,7 @@ def test_auto_batch_size_probes_rows_as_long_as_the_requests(setup, monkeypatch)
     assert max(rows) <= 64, rows  # questions of at most 11 words, 6 generated tokens
 
 
-def test_lm_eval_subcommands_reach_lm_eval_with_our_model(monkeypatch):
+def test_lm_eval_subcommands_reach_lm_eval_with_our_model(monkeypatch, tmp_path):
     from lm_eval._cli.harness import HarnessCLI
 
     from xlstm_hf.eval import run_lm_eval_cli
@@ -266,9 +297,19 @@ def test_lm_eval_subcommands_reach_lm_eval_with_our_model(monkeypatch):
     for argv, command, model in cases:
         run_lm_eval_cli(argv)
         assert seen[-1].command == command and getattr(seen[-1], "model", None) == model, argv
-    # A --config file names its model: an injected --model would override it (command-line values win in lm-eval).
+    # A --config file that names its model keeps it (an injected --model would override it: command-line values win
+    # in lm-eval); one that names none gets ours, not lm-eval's default hf (transformers' own xLSTM).
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    (tmp_path / "hf.yaml").write_text("model: hf\ntasks: [t]\n")
+    (tmp_path / "none.yaml").write_text("tasks: [t]\nbatch_size: 8\n")
+    for argv, model in ((["--config", "hf.yaml"], "hf"), (["-C", "hf.yaml"], "hf"), (["--config=none.yaml"], "xlstm"),
+                        (["run", "-C", "none.yaml"], "xlstm"), (["-M", "hf", "-C", "none.yaml"], "hf")):
+        run_lm_eval_cli([arg.replace("=", f"={tmp_path}/") if arg.startswith("--config=") else
+                         str(tmp_path / arg) if arg.endswith(".yaml") else arg for arg in argv])
+        assert EvaluatorConfig.from_cli(seen[-1]).model == model, argv
     monkeypatch.setattr(sys, "argv", [])
-    run_lm_eval_cli(["run", "--config", "c.yaml"])
+    run_lm_eval_cli(["run", "--config", str(tmp_path / "missing.yaml")])  # lm-eval's to report
     assert "xlstm" not in sys.argv
 
 
@@ -305,8 +346,50 @@ def test_a_peft_adapter_through_lm_eval(setup, tmp_path):
     adapter.save_pretrained(tmp_path / "lora")
     lm = XLSTMLM(pretrained=str(model_path), peft=str(tmp_path / "lora"), device="cpu", kernels="torch")
     assert isinstance(lm.model, PeftModel) and lm.max_length == RECURRENT_MAX_LENGTH
-    with pytest.raises(TypeError, match="not an xLSTM checkpoint"):
-        XLSTMLM(pretrained=str(make_gpt2(tmp_path / "gpt2")), device="cpu")
+    assert lm.loglikelihood([Instance("loglikelihood", {}, ("the way", " of"), 0)])[0][0] == pytest.approx(
+        expected_loglikelihood(adapter, make_tokenizer(), "the way", " of"), abs=1e-4)
+
+
+def expected_loglikelihood(model, tokenizer, context: str, continuation: str) -> float:
+    """The continuation's log-probability after the context, from the model's own logits (float64)."""
+    context_ids, ids = tokenizer(context)["input_ids"], tokenizer(context + continuation)["input_ids"]
+    ids = torch.tensor([ids])
+    with torch.no_grad():
+        logprobs = model(input_ids=ids).logits.double().log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None])[:, 0]
+    return logprobs[len(context_ids) - 1:].sum().item()
+
+
+def test_a_checkpoint_of_another_model_is_refused_before_its_weights_load(setup, tmp_path, monkeypatch):
+    from lm_eval.models.huggingface import HFLM
+
+    from xlstm_hf.eval.lm_eval_model import CheckpointNotLoaded
+
+    gpt2 = make_gpt2(tmp_path / "gpt2")
+    with monkeypatch.context() as patched:
+        patched.setattr(HFLM, "__init__", lambda *args, **kwargs: pytest.fail("loaded"))
+        with pytest.raises(CheckpointNotLoaded, match="'gpt2' checkpoint, not an xLSTM one"):
+            XLSTMLM(pretrained=str(gpt2), device="cpu")
+    run = subprocess.run([sys.executable, "-m", "xlstm_hf", "eval", "--tasks", "xlstm_local_mc", "--include_path",
+                          str(setup[1]), "--model_args", f"pretrained={gpt2}", "--device", "cpu"],
+                         capture_output=True, text=True, timeout=600)  # was a TypeError traceback
+    assert run.returncode == 2 and "Traceback" not in run.stderr and "'gpt2' checkpoint" in run.stderr, run.stderr
+    with pytest.raises(ValueError, match="backend='seq2seq'"):
+        XLSTMLM(pretrained=str(setup[0]), device="cpu", backend="seq2seq")
+    lm = XLSTMLM(pretrained=str(setup[0]), device="cpu", backend="causal")  # HFLM's own argument, also --model hf's
+    assert lm.loglikelihood([Instance("loglikelihood", {}, ("the way", " of"), 0)])[0][0] == pytest.approx(
+        expected_loglikelihood(tiny_model(), make_tokenizer(), "the way", " of"), abs=1e-4)
+
+
+def test_an_xlstm_stack_checkpoint_is_evaluated(tmp_path):
+    from test_xlstm_stack import tiny_stack
+
+    model = tiny_stack()
+    model.save_pretrained(tmp_path / "stack")
+    make_tokenizer().save_pretrained(tmp_path / "stack")
+    lm = XLSTMLM(pretrained=str(tmp_path / "stack"), device="cpu", dtype="float32")
+    assert lm.max_length == RECURRENT_MAX_LENGTH
+    assert lm.loglikelihood([Instance("loglikelihood", {}, ("the way", " of word"), 0)])[0][0] == pytest.approx(
+        expected_loglikelihood(model, make_tokenizer(), "the way", " of word"), abs=1e-4)
 
 
 def make_gpt2(folder):
@@ -331,7 +414,8 @@ def test_runners_check_their_arguments_before_evaluating(runner, tmp_path, monke
     assert exited.value.code == 2 and f"--output-dir: {tmp_path / 'a_file'} is a file" in capsys.readouterr().err
     # Tracebacks from inside lm-eval, after the model had loaded; a RULER length whose synthesis never ends.
     bad = [("--batch-size", "foo"), ("--batch-size", "auto:0"), ("--dtype", "foo")]
-    bad += [("--lengths", "512")] if runner == "ruler" else []
+    bad += [("--lengths", "512"), ("--essays", str(tmp_path / "no.txt")), ("--squad", str(tmp_path))] \
+        if runner == "ruler" else []
     bad += [("--device", "cuda")] if not torch.cuda.is_available() else []  # the default: a traceback in lm-eval
     for option, value in bad:
         with pytest.raises(SystemExit) as exited:
@@ -345,6 +429,22 @@ def test_runners_check_their_arguments_before_evaluating(runner, tmp_path, monke
     with pytest.raises(SystemExit) as exited:  # the real evaluation: lm-eval loads the model first
         module.main(["--model", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "out"), "--device", "cpu"])
     assert exited.value.code == 2 and f"--model {tmp_path / 'missing'}:" in capsys.readouterr().err
+
+
+def test_leaderboard_names_what_its_tasks_import_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from xlstm_hf.eval import leaderboard
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "langdetect" else
+                        find_spec(name, *args))
+    monkeypatch.setattr(leaderboard, "run", lambda *args, **kwargs: pytest.fail("evaluated"))
+    with pytest.raises(SystemExit) as exited:
+        leaderboard.main(["--model", "m", "--output-dir", str(tmp_path / "out"), "--device", "cpu"])
+    assert exited.value.code == 2 and "need langdetect" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert all(find_spec(module) for module in leaderboard.TASK_IMPORTS)  # what `pip install xlstm_hf[eval]` gives
 
 
 @pytest.mark.parametrize("runner", ["leaderboard", "ruler"])

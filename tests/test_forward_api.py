@@ -1,5 +1,6 @@
 """The forward API users expect from a transformers causal LM."""
 
+import functools
 import pytest
 import torch
 import torch.nn.functional as F
@@ -114,6 +115,33 @@ def test_prefill_then_continue_equals_full_forward():
     step = model(ids[:, 24:], cache=rest.cache)
     assert torch.allclose(torch.cat([out.logits, rest.logits, step.logits], 1), full, atol=1e-5)
     assert step.cache is out.cache and out.cache.get_seq_length() == 25
+
+
+@pytest.mark.parametrize("family", ["xlstm", "stack"])
+@pytest.mark.parametrize("name", ["past_key_values", "cache_params"])
+def test_the_cache_under_transformers_other_names_is_continued(family, name):
+    # cache_params is the name in transformers' own xLSTM; it used to fall into **kwargs, and the step ran from a
+    # fresh state.
+    if family == "xlstm":
+        model, vocab = tiny_model(), TINY["vocab_size"]
+        backbone = model.backbone
+    else:
+        from test_xlstm_stack import VOCAB, tiny_stack
+
+        from xlstm_hf import XLSTMStackModel
+
+        model, vocab = tiny_stack(), VOCAB
+        backbone = functools.partial(XLSTMStackModel.forward, model)  # the causal LM is its own backbone
+    ids = random_ids(2, 9, vocab=vocab)
+    with torch.no_grad():
+        for call in (model, backbone):
+            cache = model(ids[:, :8]).cache
+            with pytest.warns(FutureWarning, match=name):
+                out = call(ids[:, 8:], **{name: cache})
+            assert out.cache is cache and cache.get_seq_length() == 9
+        with pytest.warns(FutureWarning, match=name):
+            step = model(ids[:, 8:], **{name: model(ids[:, :8]).cache}).logits
+        assert torch.allclose(step, model(ids).logits[:, -1:], atol=1e-5)
 
 
 def test_meta_device_and_device_map(tmp_path):

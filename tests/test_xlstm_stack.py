@@ -219,6 +219,35 @@ def test_config_errors_name_the_field(overrides, field):
         XLSTMStackConfig(**{**stack_config(), **overrides})
 
 
+@pytest.mark.parametrize("overrides, field", [
+    (dict(slstm_at=[5]), "slstm_at"), (dict(add_embedding_dropout="yes"), "add_embedding_dropout"),
+    (dict(dropout="0.1"), "dropout"), (dict(mlstm_block={"mlstm": {"num_heads": 0}}), "mlstm_block.mlstm.num_heads"),
+])
+def test_load_time_arguments_are_checked_like_constructor_ones(tmp_path, overrides, field):
+    # transformers sets from_pretrained's config arguments after the config is built: slstm_at=[5] made the sLSTM
+    # block a random mLSTM one, silently.
+    XLSTMStackConfig(**stack_config()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        AutoConfig.from_pretrained(tmp_path, **overrides)
+
+
+def test_a_block_given_at_load_time_is_completed_and_a_later_attribute_checked_at_save(tmp_path):
+    model = tiny_stack()
+    model.save_pretrained(tmp_path / "a")
+    block = {"slstm": {"num_heads": 4, "backend": "vanilla", "bias_init": "powerlaw_blockdependent"},
+             "feedforward": {"proj_factor": 1.3, "dropout": 0.1}}
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "a", slstm_block=block)  # a KeyError at build before
+    assert loaded.config.slstm_block == XLSTMStackConfig(**{**stack_config(), "slstm_block": block}).slstm_block
+    ids = random_ids(1, 9, vocab=VOCAB)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)  # dropout is idle in eval
+    config = model.config
+    config.slstm_at = [7]
+    with pytest.raises(ValueError, match="slstm_at"):
+        config.save_pretrained(tmp_path / "b")
+    assert not (tmp_path / "b" / "config.json").exists()
+
+
 def test_an_empty_config_is_a_one_block_mlstm_model_and_all_slstm_is_understood():
     assert XLSTMStackConfig().block_types == ["mlstm"]
     only_slstm = XLSTMStackConfig(**stack_config(3, [0, 1, 2]))

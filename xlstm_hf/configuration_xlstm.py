@@ -54,6 +54,17 @@ def resolve_alias(config: PretrainedConfig, name: str, alias: str, default: int,
     return next((x for x in (value, alias_value) if x is not None), default)
 
 
+def with_field_arguments(config_dict: dict, kwargs: dict, field_names: dict[str, str]) -> dict:
+    """A copy of `config_dict` into which the keyword arguments that name a field (`field_names` maps each name a field
+    is read under to the field) are moved from `kwargs`, replacing the field under its other names."""
+    config_dict = dict(config_dict)
+    for key in [key for key in kwargs if key in field_names]:
+        for name in [name for name, field in field_names.items() if field == field_names[key]]:
+            config_dict.pop(name, None)  # the field under every name, so that the argument wins
+        config_dict[key] = kwargs.pop(key)
+    return config_dict
+
+
 def round_up_to_multiple(x: float, multiple: int) -> int:
     """Round x up to a multiple, with the exact arithmetic of transformers and the xlstm package (their FFN widths)."""
     return int(((x + multiple - 1) // multiple) * multiple)
@@ -160,12 +171,7 @@ class XLSTMConfig(PretrainedConfig):
         """transformers' `from_dict`, with the keyword arguments that name our fields (`from_pretrained(path,
         num_heads=4)`) applied before the config is built: transformers would set them as attributes afterwards,
         past the checks and normalisation of `__post_init__` (aliases, kernel names, float fields)."""
-        config_dict = dict(config_dict)
-        for key in [key for key in kwargs if key in FIELD_NAMES]:
-            for name in [name for name, field in FIELD_NAMES.items() if field == FIELD_NAMES[key]]:
-                config_dict.pop(name, None)  # the field under every name, so that the argument wins
-            config_dict[key] = kwargs.pop(key)
-        return super().from_dict(config_dict, **kwargs)
+        return super().from_dict(with_field_arguments(config_dict, kwargs, FIELD_NAMES), **kwargs)
 
     def validate(self) -> None:
         """transformers' checks, which `save_pretrained` runs, and ours: a field set as an attribute after the config

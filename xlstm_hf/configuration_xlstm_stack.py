@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from .configuration_xlstm import resolve_alias
+from .configuration_xlstm import resolve_alias, with_field_arguments
 
 # The nested block fields kept, with the `xlstm` package's defaults.
 MLSTM_LAYER_DEFAULTS = {
@@ -180,10 +180,6 @@ class XLSTMStackConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
         if self.mlstm_block is None and self.slstm_block is None:
             self.mlstm_block = {}
-        self.mlstm_block = _normalize_block("mlstm_block", self.mlstm_block, {"mlstm": MLSTM_LAYER_DEFAULTS})
-        self.slstm_block = _normalize_block(
-            "slstm_block", self.slstm_block, {"slstm": SLSTM_LAYER_DEFAULTS, "feedforward": FEEDFORWARD_DEFAULTS}
-        )
         self._validate()
 
     @classmethod
@@ -193,7 +189,27 @@ class XLSTMStackConfig(PretrainedConfig):
             package_config = dataclasses.asdict(package_config)
         return cls(**{**package_config, **kwargs})
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "XLSTMStackConfig":
+        """transformers' `from_dict`, with the keyword arguments that name our fields (`from_pretrained(path,
+        slstm_at=[1])`) applied before the config is built, so that they pass its checks: transformers would set them
+        as attributes afterwards. A block given so replaces the saved one; its fields not given take the defaults, as
+        in the constructor."""
+        return super().from_dict(with_field_arguments(config_dict, kwargs, FIELD_NAMES), **kwargs)
+
+    def validate(self) -> None:
+        """transformers' checks, which `save_pretrained` runs, and ours: a field set as an attribute after the config
+        was built is checked (and a block dict completed) before it is saved."""
+        super().validate()
+        self._validate()
+
     def _validate(self) -> None:
+        """Check every field, naming the bad one; complete the block dicts with their defaults and `slstm_at` as a
+        sorted list."""
+        self.mlstm_block = _normalize_block("mlstm_block", self.mlstm_block, {"mlstm": MLSTM_LAYER_DEFAULTS})
+        self.slstm_block = _normalize_block(
+            "slstm_block", self.slstm_block, {"slstm": SLSTM_LAYER_DEFAULTS, "feedforward": FEEDFORWARD_DEFAULTS}
+        )
         for name in ("vocab_size", "embedding_dim", "num_blocks", "chunk_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -292,6 +308,9 @@ class XLSTMStackConfig(PretrainedConfig):
         ff = self.slstm_block["feedforward"]
         return up_projection_dim(self.embedding_dim, ff["proj_factor"], ff["round_proj_up_dim_up"],
                                  ff["round_proj_up_to_multiple_of"])
+
+
+FIELD_NAMES = {**{field: field for field in XLSTMStackConfig.__annotations__}, **XLSTMStackConfig.attribute_map}
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -454,6 +454,7 @@ class XLSTMModel(XLSTMPreTrainedModel):
         return XLSTMCache(self.config, batch_size, device=devices, dtype=dtype)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")  # the name in transformers' own xLSTM
     @can_return_tuple
     def forward(
         self,
@@ -785,6 +786,7 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
         self.lm_head = value
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")  # the name in transformers' own xLSTM
     @can_return_tuple
     def forward(
         self,

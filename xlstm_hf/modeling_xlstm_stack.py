@@ -404,6 +404,7 @@ class XLSTMStackModel(XLSTMStackPreTrainedModel):
         return XLSTMStackCache(self.config, batch_size, device=devices, dtype=dtype)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")  # the name in transformers' own xLSTM
     @can_return_tuple
     def forward(
         self,
@@ -496,6 +497,7 @@ class XLSTMStackForCausalLM(XLSTMStackModel, RecurrentGenerationMixin):
         return model.eval()
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")  # the name in transformers' own xLSTM
     @can_return_tuple
     def forward(
         self,

@@ -12,6 +12,7 @@ subtask, then averaged; IFEval the mean of instance- and prompt-level strict acc
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -23,6 +24,8 @@ MODEL_CARD_RAW = {"BBH": 0.381, "MMLU-Pro": 0.242, "MATH": 0.036, "MuSR": 0.379,
 MUSR_CHOICES = {"leaderboard_musr_murder_mysteries": 2, "leaderboard_musr_object_placements": 5,
                 "leaderboard_musr_team_allocation": 3}
 GPQA_CHOICES, MMLU_PRO_CHOICES = 4, 10
+# What lm-eval's IFEval and MATH tasks import (its extras ifeval and math), checked before the model loads.
+TASK_IMPORTS = ("langdetect", "immutabledict", "nltk", "sympy", "math_verify")
 
 
 def bbh_choices() -> dict[str, int]:
@@ -135,6 +138,10 @@ def main(argv=None) -> None:
             parser.error(f"--from-results {args.from_results}: {error}")
         results = results.get("results", results) if isinstance(results, dict) else {}
     else:
+        missing = [module for module in TASK_IMPORTS if importlib.util.find_spec(module) is None]
+        if missing:  # lm-eval would find out after the model has loaded
+            parser.error(f"the leaderboard's IFEval and MATH tasks need {', '.join(missing)}: "
+                         "pip install 'xlstm_hf[eval]' (lm_eval[ifeval,math])")
         args.device = args.device or default_device(parser)
         results = evaluate_into(parser, args.output_dir, args.model, lambda: run(
             args.model, args.batch_size, args.dtype, args.device, args.kernels, args.limit))

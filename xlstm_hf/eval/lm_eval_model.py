@@ -24,6 +24,7 @@ from ..training import write_atomically
 
 # The context lm-eval may fill: memory does not grow with it, so any prompt of a benchmark fits.
 RECURRENT_MAX_LENGTH = 1 << 20
+MODEL_TYPES = (xlstm_hf.XLSTMConfig.model_type, xlstm_hf.XLSTMStackConfig.model_type)
 
 
 class CheckpointNotLoaded(OSError):
@@ -40,20 +41,29 @@ class XLSTMLM(HFLM):
     auto), `max_length` (default 2**20), and HFLM's own (`dtype`, `device`, `batch_size`, `peft`, `add_bos_token`,
     ...). `add_bos_token` defaults to the checkpoint's `force_bos_token_insert` (NX-AI/xLSTM-7b: true)."""
 
-    def __init__(self, pretrained: str, kernels: str | None = None, max_length: int | None = None, **kwargs):
+    def __init__(self, pretrained: str, kernels: str | None = None, max_length: int | None = None,
+                 backend: str = "causal", **kwargs):
+        if backend != "causal":
+            raise ValueError(f"backend={backend!r}: xLSTM is a causal language model (backend=causal)")
         if kernels is not None:
             xlstm_hf.set_kernel_backend(kernels)
         self._longest_request = None
+        config = checkpoint_config(pretrained, kwargs)
+        model_type = getattr(config, "model_type", None)
+        if config is not None and model_type not in MODEL_TYPES:  # before its weights load
+            raise CheckpointNotLoaded(pretrained, ValueError(
+                f"a {model_type!r} checkpoint, not an xLSTM one (model_type {' or '.join(map(repr, MODEL_TYPES))})"))
         if kwargs.get("add_bos_token") is None:
-            kwargs.update(bos_kwargs(checkpoint_config(pretrained, kwargs)))
+            kwargs.update(bos_kwargs(config))
         try:
-            super().__init__(pretrained=pretrained, backend="causal", max_length=max_length or RECURRENT_MAX_LENGTH,
+            super().__init__(pretrained=pretrained, backend=backend, max_length=max_length or RECURRENT_MAX_LENGTH,
                              **kwargs)
         except OSError as error:  # transformers' message may not name the model (e.g. "couldn't connect")
             raise CheckpointNotLoaded(pretrained, error) from error
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # `peft=`
-        if not isinstance(base, xlstm_hf.XLSTMForCausalLM):
-            raise TypeError(f"{pretrained} loaded as {type(base).__name__}, not an xLSTM checkpoint")
+        if not isinstance(base, (xlstm_hf.XLSTMForCausalLM, xlstm_hf.XLSTMStackForCausalLM)):
+            raise CheckpointNotLoaded(pretrained, ValueError(
+                f"loaded as {type(base).__name__}, not as xlstm_hf's XLSTMForCausalLM or XLSTMStackForCausalLM"))
 
     def generate_until(self, requests, disable_tqdm: bool = False):
         self._size_batches_by(requests, lambda r: next((r.args[1][name] for name in GENERATION_LENGTH_NAMES
@@ -113,13 +123,29 @@ def run_lm_eval_cli(argv: list[str]) -> None:
     from lm_eval.__main__ import cli_evaluate
 
     argv = list(argv)
-    # A model named on the command line or in a --config file (whose values the command line's would override).
-    chooses_model = any(arg in ("--model", "--config") or arg.startswith(("--model=", "--config=")) for arg in argv)
-    if argv and not chooses_model and argv[:1] not in (["ls"], ["validate"]):  # no arguments: lm-eval's help
+    if argv and not names_a_model(argv) and argv[:1] not in (["ls"], ["validate"]):  # no arguments: lm-eval's help
         at = 1 if argv[:1] == ["run"] else 0
         argv[at:at] = ["--model", "xlstm"]
     sys.argv = ["lm-eval", *argv]
     cli_evaluate()
+
+
+def names_a_model(argv: list[str]) -> bool:
+    """Whether lm-eval's arguments name a model: `--model`/`-M`, or a `--config`/`-C` file with a `model` (the
+    command line's `--model` would override the file's; a file that cannot be read is lm-eval's to report)."""
+    import yaml
+
+    options = argparse.ArgumentParser(prog="lm-eval", add_help=False, allow_abbrev=False)
+    options.add_argument("--model", "-M")
+    options.add_argument("--config", "-C")
+    given, _ = options.parse_known_args(argv)
+    if given.model is not None or given.config is None:
+        return given.model is not None
+    try:
+        config = yaml.safe_load(Path(given.config).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return True
+    return not isinstance(config, dict) or config.get("model") is not None
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, batch_size: str) -> None:

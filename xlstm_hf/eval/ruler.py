@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from ..arguments import at_least, folder_to_save_into
 
@@ -44,37 +45,59 @@ def select_tasks(essays: str | None = None, squad: str | None = None, hotpot: st
     return tasks, skipped
 
 
+# Where lm-eval's RULER tasks fetch their data: the essays through `datasets.load_dataset`, the QA sets through
+# `requests.get` of these URLs' files.
+ESSAYS_DATASET = "baber/paul_graham_essays"
+QA_FILES = {"squad": "dev-v2.0.json", "hotpot": "hotpot_dev_distractor_v1.json"}
+
+
 @contextlib.contextmanager
 def local_files(essays: str | None = None, squad: str | None = None, hotpot: str | None = None):
     """Serve lm-eval's RULER downloads from local copies: essays as one text file (or .jsonl with "text"), the QA
-    sets as the JSON files lm-eval would fetch."""
-    from lm_eval.tasks.ruler import niah_utils, prepare_niah, qa_utils
+    sets as the JSON files lm-eval would fetch. Served where the download happens (`datasets.load_dataset`,
+    `requests.get`): lm-eval's task loader executes its task modules anew, so their own functions cannot be patched.
+    lm-eval caches what its RULER functions read; the caches are cleared on entry and exit, so that each use reads
+    its own files."""
+    import datasets
+    import requests
 
-    original_haystack, original_json = prepare_niah.get_haystack, qa_utils.download_json
+    original_load, original_get = datasets.load_dataset, requests.get
+    local = {"squad": squad, "hotpot": hotpot}
 
-    def get_haystack(type_haystack):
-        if type_haystack != "essay":
-            return original_haystack(type_haystack)
+    def load_dataset(path, *args, **kwargs):
+        if path != ESSAYS_DATASET:
+            return original_load(path, *args, **kwargs)
         if not essays:
-            raise RuntimeError("no local essays given (--essays)")
+            raise RuntimeError(f"no local copy of the {ESSAYS_DATASET} essays (--essays)")
         from ..training import read_texts
 
-        return re.sub(r"\s+", " ", " ".join(read_texts([essays]))).split(" ")
+        return {"text": read_texts([essays])}
 
-    def download_json(url):
-        path = squad if "squad" in url.lower() else hotpot if "hotpot" in url.lower() else None
-        if not path:
-            raise RuntimeError(f"no local copy of {url}")
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+    def get(url, *args, **kwargs):
+        name = next((name for name, file in QA_FILES.items() if str(url).endswith(file)), None)
+        if name is None:
+            return original_get(url, *args, **kwargs)
+        if not local[name]:
+            raise RuntimeError(f"no local copy of {url} (--{name})")
+        data = json.loads(Path(local[name]).read_text(encoding="utf-8"))
+        return SimpleNamespace(raise_for_status=lambda: None, json=lambda: data)
 
-    # niah_utils imported get_haystack by name: patch it where it is used too.
-    prepare_niah.get_haystack = niah_utils.get_haystack = get_haystack
-    qa_utils.download_json = download_json
+    clear_ruler_caches()
+    datasets.load_dataset, requests.get = load_dataset, get
     try:
         yield
     finally:
-        prepare_niah.get_haystack = niah_utils.get_haystack = original_haystack
-        qa_utils.download_json = original_json
+        datasets.load_dataset, requests.get = original_load, original_get
+        clear_ruler_caches()
+
+
+def clear_ruler_caches() -> None:
+    """Empty the caches (`functools.cache`) of lm-eval's RULER task modules, which hold the data they read."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("lm_eval.tasks.ruler."):
+            for value in list(vars(module).values()):
+                if callable(getattr(value, "cache_clear", None)):
+                    value.cache_clear()
 
 
 def ruler_report(results: dict, lengths=LENGTHS, skipped: dict | None = None) -> dict:
@@ -128,6 +151,13 @@ def run(model: str, tasks: list[str], lengths=LENGTHS, batch_size: str = "1", dt
                     metadata={"max_seq_lengths": list(lengths), "tokenizer": model})
 
 
+def existing_file(text: str) -> str:
+    """An argparse type: the path of a file that exists (checked before the model loads)."""
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return text
+
+
 # Below ~1K tokens lm-eval's variable-tracking generator (ruler_vt) cannot fit its example and loops forever.
 MIN_LENGTH = 1024
 
@@ -141,9 +171,11 @@ def main(argv=None) -> None:
     parser.add_argument("--lengths", type=at_least(MIN_LENGTH), nargs="+", default=list(LENGTHS),
                         help=f"prompt lengths in tokens, at least {MIN_LENGTH}: below, lm-eval's ruler_vt synthesis "
                         "never ends (default: the paper's, 4K to 128K)")
-    parser.add_argument("--essays", help="local Paul Graham essays (text, or .jsonl with a 'text' field)")
-    parser.add_argument("--squad", help="local SQuAD v2 dev JSON")
-    parser.add_argument("--hotpot", help="local HotpotQA dev (distractor) JSON")
+    parser.add_argument("--essays", type=existing_file,
+                        help="local Paul Graham essays (text, or .jsonl with a 'text' field)")
+    parser.add_argument("--squad", type=existing_file, help=f"local SQuAD v2 dev JSON ({QA_FILES['squad']})")
+    parser.add_argument("--hotpot", type=existing_file,
+                        help=f"local HotpotQA dev (distractor) JSON ({QA_FILES['hotpot']})")
     add_run_arguments(parser, batch_size="1")
     args = parser.parse_args(argv)
     tasks, skipped = select_tasks(args.essays, args.squad, args.hotpot)
