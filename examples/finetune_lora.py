@@ -1,7 +1,8 @@
 """LoRA fine-tuning of an xLSTM with PEFT and the transformers Trainer, on local text or JSON-lines files.
 
-Runs offline on the CPU on a small model; on a GPU the Triton kernels train the 7B. Each example is one text,
-right-padded in its batch with the padding masked exactly; the adapters are saved at the end.
+Runs offline on the CPU on a small model; on a GPU the Triton kernels train the 7B. Each example is one text, with
+BOS first where the checkpoint asks for it (as `xlstm-hf generate` and lm-eval put it) and EOS last, cut to
+--max-length tokens and right-padded in its batch with the padding masked exactly; the adapters are saved at the end.
 
     python examples/finetune_lora.py --help
     python examples/finetune_lora.py --model path/to/xlstm --train-file data.jsonl --steps 100 --output-dir lora-out
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments, set_seed
 
 import xlstm_hf
-from xlstm_hf.arguments import (UsageError, at_least, check_vocabulary, folder_to_save_into, load_pretrained,
-                                load_tokenizer, number_in, positive_float, positive_int, read_data,
+from xlstm_hf.arguments import (UsageError, at_least, bos_kwargs, check_vocabulary, folder_to_save_into,
+                                load_pretrained, load_tokenizer, number_in, positive_float, positive_int, read_data,
                                 reports_usage_errors)
+from xlstm_hf.modeling_xlstm_stack import LORA_TARGET_MODULES as STACK_LORA_TARGET_MODULES
 from xlstm_hf.training import SFTExamples, right_padded_batch, save_atomically, use_cache_kept
 
 
@@ -40,15 +42,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="LoRA dropout (default: 0.05)")
     parser.add_argument("--target-modules", nargs="+",
                         help="layers to adapt, or all-linear (default: per weight mode, "
-                             f"{xlstm_hf.LORA_TARGET_MODULES})")
+                             f"{xlstm_hf.LORA_TARGET_MODULES}; for an xlstm_stack model, {STACK_LORA_TARGET_MODULES})")
     # An example of one token predicts nothing.
-    parser.add_argument("--max-length", type=at_least(2), default=1024, help="tokens per example (default: 1024)")
+    parser.add_argument("--max-length", type=at_least(2), default=1024,
+                        help="tokens per example, BOS and EOS included: a longer text is cut (default: 1024)")
     parser.add_argument("--batch-size", type=positive_int, default=4)
     parser.add_argument("--steps", type=positive_int, default=100)
     parser.add_argument("--lr", type=positive_float, default=2e-4)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--merge", action="store_true", help="also save the merged model in OUTPUT_DIR/merged")
+    parser.add_argument("--merge", action="store_true",
+                        help="also save the merged model in OUTPUT_DIR/merged (without it, an earlier run's merged "
+                             "model there is removed: it would not match the new adapters)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.model = args.model or str(xlstm_hf.default_model_path())
@@ -59,7 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 @reports_usage_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
-    tokenizer = load_tokenizer(args)
+    # The config alone (fast) says whether the model expects BOS first, as the CLI and lm-eval give it.
+    tokenizer = load_tokenizer(args, **bos_kwargs(load_pretrained(AutoConfig, "--model", args.model)))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     try:
@@ -67,9 +73,12 @@ def main(argv=None) -> None:
     except ValueError as error:
         raise UsageError(f"--train-file {' '.join(args.train_file)}: {error}") from None
     if dataset.skipped:
-        print(f"left out {dataset.skipped} texts of fewer than two tokens")
+        print(f"left out {dataset.skipped} texts of fewer than two tokens, EOS included: they predict nothing")
+    if dataset.truncated:
+        print(f"cut {dataset.truncated} texts to --max-length {args.max_length} tokens: their ends are not trained on")
+    set_seed(args.seed)  # before get_peft_model, whose LoRA init draws from it (the Trainer seeds only later)
     model = load_pretrained(AutoModelForCausalLM, "--model", args.model, dtype=torch.float32)
-    check_vocabulary(args, dataset.largest_id, model.config.vocab_size)
+    check_vocabulary(args, tokenizer, dataset.largest_id, model.config.vocab_size)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -100,8 +109,9 @@ def main(argv=None) -> None:
         model.merge_and_unload().save_pretrained(folder / "merged")
         tokenizer.save_pretrained(folder / "merged")
 
-    # One save: a failure while merging leaves no folder with adapters but without the merged model.
-    save_atomically(args.output_dir, model, tokenizer, *([save_merged] if args.merge else []))
+    # One save: a failure while merging leaves no folder with adapters but without the merged model. An earlier
+    # run's merged/ goes with the adapters it was made from.
+    save_atomically(args.output_dir, model, tokenizer, *([save_merged] if args.merge else []), replaces=("merged",))
     print(f"saved adapters to {args.output_dir}" + (" and the merged model to its merged/" if args.merge else ""))
 
 

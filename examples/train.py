@@ -73,7 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="stop the training loop after this many minutes even before --steps (the learning-rate "
                              "schedule still spans --steps); the held-out evaluation and saving follow")
     parser.add_argument("--lr", type=positive_float, default=1e-3)
-    parser.add_argument("--warmup", type=at_least(0), default=100)
+    parser.add_argument("--warmup", type=at_least(0),
+                        help="learning-rate warmup steps, at most --steps (default: 10%% of --steps)")
     parser.add_argument("--weight-decay", type=non_negative_float, default=0.1)
     parser.add_argument("--log-every", type=positive_int,
                         help="log the training loss every N steps (default: steps / 20)")
@@ -87,6 +88,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.corpus and args.eval_file:
         parser.error("--eval-file: --corpus brings its own held-out files")
+    if args.warmup is None:
+        args.warmup = args.steps // 10
+    elif args.warmup > args.steps:
+        parser.error(f"--warmup {args.warmup}: more than --steps {args.steps}")
     if args.eval_every is not None and not (args.corpus or args.eval_file):
         parser.error("--eval-every needs held-out data: --eval-file or --corpus")
     if (args.preset or args.config) and not (args.tokenizer or args.corpus):
@@ -180,7 +185,7 @@ def main(argv=None) -> None:
     model = build_model(args, tokenizer)
     for data in (train, evaluation):
         if data is not None:
-            check_vocabulary(args, data.largest_id, model.config.vocab_size)
+            check_vocabulary(args, tokenizer, data.largest_id, model.config.vocab_size)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     log.update(parameters=sum(p.numel() for p in model.parameters()), vocab_size=model.config.vocab_size)
@@ -192,7 +197,7 @@ def main(argv=None) -> None:
         training = TrainingArguments(
             output_dir=scratch, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
             per_device_eval_batch_size=args.batch_size, learning_rate=args.lr, weight_decay=args.weight_decay,
-            lr_scheduler_type="cosine", warmup_steps=min(args.warmup, args.steps // 10), max_grad_norm=1.0,
+            lr_scheduler_type="cosine", warmup_steps=args.warmup, max_grad_norm=1.0,
             logging_steps=args.log_every or max(1, args.steps // 20), save_strategy="no", report_to=[], bf16=args.bf16,
             eval_strategy="steps" if args.eval_every else "no", eval_steps=args.eval_every,
             use_cpu=not torch.cuda.is_available(), seed=args.seed,

@@ -8,6 +8,7 @@ peft = pytest.importorskip("peft")
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 
 from helpers import random_ids, tiny_model  # noqa: E402
+from test_xlstm_stack import tiny_stack  # noqa: E402
 from xlstm_hf import lora_target_modules  # noqa: E402
 
 
@@ -49,6 +50,15 @@ def test_all_linear_and_the_documented_names_find_their_modules():
         assert set(lora_target_modules(model.config)) <= wrapped
     default = get_peft_model(tiny_model(), LoraConfig(r=4))  # PEFT's default for model_type "xlstm" (registered)
     assert any(hasattr(m, "lora_A") for m in default.modules())
+
+
+def test_default_targets_of_the_stack_family_are_its_linear_layers():
+    """finetune_lora.py's default targets, `lora_target_modules(config)`, read `weight_mode`, which an xlstm_stack
+    config has not. Against the model's own nn.Linear modules (PEFT leaves the head out)."""
+    model = tiny_stack()
+    linear = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)} - {"lm_head"}
+    adapted = get_peft_model(model, LoraConfig(r=4, target_modules=lora_target_modules(model.config)))
+    assert {n.removeprefix("base_model.model.") for n, m in adapted.named_modules() if hasattr(m, "lora_A")} == linear
 
 
 def train_a_little(model, steps=5):

@@ -1,6 +1,7 @@
 """Training as users run it: SFT batches masked exactly, the transformers Trainer (bf16 autocast, gradient
 checkpointing), atomic saving, and the two example scripts end to end on local data."""
 
+import argparse
 import itertools
 import json
 import os
@@ -13,13 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from safetensors.torch import load_file
+from transformers import (AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments,
+                          get_cosine_schedule_with_warmup)
 
 import xlstm_hf
 import xlstm_hf.modeling_xlstm
-from helpers import make_tokenizer, random_ids, run_script, script_help, tiny_model
+from helpers import copy_forcing_bos, make_tokenizer, random_ids, run_script, script_help, tiny_model
 from xlstm_hf.kernels import mlstm_recurrent_sequence
-from xlstm_hf import training
+from xlstm_hf import cli, training
 from xlstm_hf.training import (PackedBlocks, SFTExamples, read_texts, right_padded_batch, save_atomically,
                                write_atomically)
 
@@ -33,15 +36,22 @@ def corpus(n=40, seed=0):
             for n_words in torch.randint(3, 12, (n,), generator=gen)]
 
 
-def test_padded_batch_loss_is_the_token_mean_of_each_example():
+@pytest.mark.parametrize("prompt", [0, 2])
+def test_padded_batch_loss_is_the_token_mean_of_each_example(prompt):
+    """With `prompt` > 0 the examples carry labels that mask their first tokens (a prompt): the collator replaced
+    them by the input_ids, so the prompt was trained on."""
     model, tokenizer = tiny_model(), make_tokenizer()
     examples = [{"input_ids": tokenizer(t)["input_ids"]} for t in corpus(3)]
+    if prompt:
+        examples = [{**e, "labels": [-100] * prompt + e["input_ids"][prompt:]} for e in examples]
     batch = right_padded_batch(examples, tokenizer.pad_token_id)
-    assert (batch["labels"] == -100).sum() == (batch["attention_mask"] == 0).sum() > 0
+    assert (batch["labels"] == -100).sum() == (batch["attention_mask"] == 0).sum() + prompt * len(examples) > 0
     loss = model(**batch).loss
-    total = sum(model(input_ids=torch.tensor([e["input_ids"]]), labels=torch.tensor([e["input_ids"]])).loss
-                * (len(e["input_ids"]) - 1) for e in examples)
-    assert torch.allclose(loss, total / sum(len(e["input_ids"]) - 1 for e in examples), atol=1e-5)
+    labels = [torch.tensor([e.get("labels", e["input_ids"])]) for e in examples]
+    predicted = [int((row[:, 1:] != -100).sum()) for row in labels]
+    total = sum(model(input_ids=torch.tensor([e["input_ids"]]), labels=row).loss * count
+                for e, row, count in zip(examples, labels, predicted))
+    assert torch.allclose(loss, total / sum(predicted), atol=1e-5)
 
 
 def test_trainer_with_bf16_autocast_and_gradient_checkpointing(tmp_path):
@@ -143,6 +153,30 @@ def test_packed_blocks_and_data_errors(tmp_path):
     (tmp_path / "c.jsonl").write_text(json.dumps({"body": "x"}))
     with pytest.raises(KeyError, match="'text'"):
         read_texts([tmp_path / "c.jsonl"])
+
+
+def test_sft_examples_end_with_eos_unless_cut():
+    """Without EOS at the end of its examples, a tuned model never learnt to stop. An example cut at max_length gets
+    none (its text goes on), nor does a text that ends with EOS a second one; each against the tokenizer's own ids."""
+    tokenizer, max_length = make_tokenizer(), 8
+    texts = [*corpus(20), "the way <eos>"]
+    dataset = SFTExamples(texts, tokenizer, max_length)
+    whole = [tokenizer(text)["input_ids"] for text in texts]
+    fits = [len(ids) < max_length for ids in whole[:-1]]
+    assert any(fits) and not all(fits)
+    for ids, example, fit in zip(whole, dataset.examples, fits):
+        assert example == (ids + [tokenizer.eos_token_id] if fit else ids[:max_length])
+    assert dataset.examples[-1] == whole[-1] and whole[-1][-1] == tokenizer.eos_token_id
+    assert dataset.truncated == fits.count(False)
+
+
+def test_read_texts_ends_jsonl_lines_at_line_feeds_only(tmp_path):
+    """JSON holds U+2028, U+2029 and U+0085 unescaped (`ensure_ascii=False` writes them so); `str.splitlines` broke
+    such a line in two, which then was no JSON. Written with CRLF line ends, as on Windows."""
+    texts = ["first paragraph\u2028second line", "one\u2029two", "caf\u00e9 \u0085 next", "plain"]
+    path = tmp_path / "unicode.jsonl"
+    path.write_bytes("\r\n".join(json.dumps({"text": text}, ensure_ascii=False) for text in texts).encode())
+    assert read_texts([path]) == texts
 
 
 @pytest.fixture(params=["exchange", "renames", "no hard links"])
@@ -264,6 +298,22 @@ def test_save_atomically_replaces_only_the_weights_of_the_kind_it_writes(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "model"]  # no temporary or old folder left
 
 
+def test_save_atomically_drops_the_old_entries_it_replaces(tmp_path, swap):
+    """finetune_lora.py without --merge left an earlier run's merged/ beside the new adapters, which it no longer
+    matched; an entry named in `replaces` goes even where the new save does not write it, others stay."""
+    out = tmp_path / "out"
+
+    def save_merged(folder: Path) -> None:
+        tiny_model(seed=1).save_pretrained(folder / "merged")
+
+    save_atomically(out, tiny_model(), save_merged)
+    (out / "tokenizer.json").write_text("{}")
+    save_atomically(out, tiny_model(), replaces=("merged",))
+    names = set(os.listdir(out))
+    assert "merged" not in names and {"tokenizer.json", "model.safetensors"} <= names
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
 def test_write_atomically_replaces_a_file_whole_or_not_at_all(tmp_path):
     path = write_atomically(tmp_path / "card.md", "old")
     write_atomically(path, "new")
@@ -302,6 +352,9 @@ def test_finetune_lora_example(local_data):
     ids = torch.tensor([[6, 7, 8, 9]])
     # Merging rounds W + BA once in float32; trained adapters make that visible at the 1e-5 level.
     assert (adapted(input_ids=ids).logits - merged(ids).logits).abs().max() < 1e-4
+    # Again without --merge: the merged model, made from the old adapters, goes (it stayed, matching them no more).
+    finetune_lora(local_data, "--output-dir", local_data / "lora")
+    assert not (local_data / "lora" / "merged").exists()
 
 
 def test_train_example_from_scratch(local_data):
@@ -315,6 +368,27 @@ def test_train_example_from_scratch(local_data):
     assert trained.config.num_hidden_layers == 2 and trained.config.use_cache
 
 
+@pytest.mark.parametrize("warmup", [None, 8])
+def test_train_example_warms_up_as_asked(local_data, warmup):
+    """--warmup N was capped at --steps // 10, silently; by default it is 10% of --steps. The learning rate of each
+    step against transformers' cosine schedule with that warmup."""
+    steps, lr = 10, 1e-3
+    args = ["--preset", "tiny", "--tokenizer", local_data / "model", "--train-file", local_data / "train.jsonl",
+            "--steps", steps, "--lr", lr, "--block-size", 16, "--batch-size", 2, "--log-every", 1,
+            "--output-dir", local_data / "out", *(["--warmup", warmup] if warmup is not None else [])]
+    example_main("train.py")([str(arg) for arg in args])
+    history = json.loads((local_data / "out" / "training_log.json").read_text())["history"]
+    logged = [entry["learning_rate"] for entry in history if "learning_rate" in entry]
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    schedule = get_cosine_schedule_with_warmup(optimizer, steps // 10 if warmup is None else warmup, steps)
+    expected = []
+    for _ in range(steps):  # the rate each step trains at, as logged after it
+        expected.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert logged == pytest.approx(expected)
+
+
 def test_examples_have_help():
     for script in ("finetune_lora.py", "train.py"):
         assert "usage:" in script_help(ROOT / "examples" / script), script
@@ -323,6 +397,67 @@ def test_examples_have_help():
 def example_main(script):
     """The `main` of an example script, to call in this process."""
     return runpy.run_path(str(ROOT / "examples" / script))["main"]
+
+
+def finetune_lora(data: Path, *args) -> None:
+    """finetune_lora.py in this process on `local_data`'s model and texts, one step at rank 2; `args` add to or
+    override those options."""
+    example_main("finetune_lora.py")([str(arg) for arg in ("--model", data / "model", "--train-file",
+                                      data / "train.jsonl", "--steps", 1, "--batch-size", 2, "--rank", 2, *args)])
+
+
+class DataSeen(Exception):
+    """Ends a script's run where its Trainer would start training."""
+
+
+def training_data(monkeypatch, data: Path, *args) -> SFTExamples:
+    """The examples that `finetune_lora(data, *args)` would train on (it stops there)."""
+    seen = []
+
+    def stop(trainer, *_args, **_kwargs):
+        seen.append(trainer.train_dataset)
+        raise DataSeen
+
+    monkeypatch.setattr(Trainer, "train", stop)
+    with pytest.raises(DataSeen):
+        finetune_lora(data, *args, "--output-dir", data / "out")
+    return seen[0]
+
+
+def test_finetune_lora_seed_makes_runs_reproducible(local_data):
+    """LoRA's init (lora_A) ran in get_peft_model before anything was seeded (the Trainer seeds only later): two runs
+    with the same --seed saved different adapters."""
+    adapters = []
+    for run in ("a", "b"):
+        finetune_lora(local_data, "--seed", 3, "--output-dir", local_data / run)
+        adapters.append(load_file(local_data / run / "adapter_model.safetensors"))
+    assert adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][name], adapters[1][name]) for name in adapters[0])
+
+
+def test_finetune_lora_puts_bos_first_where_the_checkpoint_asks(local_data, monkeypatch):
+    """NX-AI/xLSTM-7b's config asks for BOS before every input (`force_bos_token_insert`), and the CLI and lm-eval
+    put it there; finetune_lora.py trained the adapters on texts without it."""
+    forced = copy_forcing_bos(local_data / "model", local_data / "forced")
+    dataset = training_data(monkeypatch, local_data, "--model", forced)
+    _, tokenizer = cli._load(argparse.Namespace(model=str(forced), dtype=None, device="cpu"))
+    texts = read_texts([local_data / "train.jsonl"])
+    assert len(dataset) == len(texts)
+    for text, example in zip(texts, dataset.examples):
+        ids = tokenizer(text)["input_ids"]
+        assert ids[0] == tokenizer.bos_token_id and example[: len(ids)] == ids
+
+
+def test_finetune_lora_reports_the_texts_it_cuts(local_data, monkeypatch, capsys):
+    """A text beyond --max-length (a plain-text file is one text) was cut without a word: the rest of it is never
+    trained on. Counted against the tokenizer's own ids: a text cut has no room for its EOS."""
+    (local_data / "long.txt").write_text(" ".join(corpus(100)))
+    files = [local_data / "train.jsonl", local_data / "long.txt"]
+    dataset = training_data(monkeypatch, local_data, "--train-file", *files, "--max-length", 10)
+    tokenizer = AutoTokenizer.from_pretrained(local_data / "model")
+    cut = sum(len(tokenizer(text)["input_ids"]) >= 10 for text in read_texts(files))
+    assert cut > 1 and dataset.truncated == cut
+    assert f"cut {cut} texts to --max-length 10 tokens" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("script, args", [
@@ -347,6 +482,11 @@ def test_interrupted_training_leaves_no_output_folder(local_data, monkeypatch, s
     ("finetune_lora.py", ["--train-file", "{data}/missing.jsonl"], "--train-file {data}/missing.jsonl"),
     ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--text-field", "body"], "--text-field body"),
     ("finetune_lora.py", ["--train-file", "{data}/broken.jsonl"], "--train-file {data}/broken.jsonl"),
+    # blamed --text-field, listing a string's characters as its fields
+    ("finetune_lora.py", ["--train-file", "{data}/strings.jsonl"], "--train-file {data}/strings.jsonl:2 is not a "
+                                                                   "JSON object"),
+    ("finetune_lora.py", ["--train-file", "{data}/arrays.jsonl"], "--train-file {data}/arrays.jsonl:1 is not a "
+                                                                  "JSON object"),
     ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--batch-size", "0"], "--batch-size"),
     ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--rank", "0"], "--rank"),
     ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--max-length", "0"], "--max-length"),
@@ -355,6 +495,7 @@ def test_interrupted_training_leaves_no_output_folder(local_data, monkeypatch, s
     ("train.py", ["--train-file", "{data}/train.jsonl", "--eval-file", "{data}/broken.jsonl"],
      "--eval-file {data}/broken.jsonl"),
     ("train.py", ["--train-file", "{data}/train.jsonl", "--warmup", "-1"], "--warmup"),
+    ("train.py", ["--train-file", "{data}/train.jsonl", "--steps", "10", "--warmup", "11"], "--warmup 11"),
     ("train.py", ["--train-file", "{data}/train.jsonl", "--lr", "0"], "--lr"),
     ("train.py", ["--train-file", "{data}/train.jsonl", "--block-size", "1"], "--block-size"),
     ("train.py", ["--corpus", "stdlib", "--preset", "tiny", "--vocab-size", "100"], "--vocab-size"),
@@ -365,6 +506,10 @@ def test_interrupted_training_leaves_no_output_folder(local_data, monkeypatch, s
     ("train.py", ["--train-file", "{data}/train.jsonl", "--preset", "tiny", "--tokenizer", "{data}/missing"],
      "--tokenizer {data}/missing"),
     ("train.py", ["--train-file", "{data}/train.jsonl", "--block-size", "100000"], "--block-size 100000"),
+    ("train.py", ["--train-file", "{data}/train.jsonl", "--preset", "tiny", "--tokenizer", "{data}/no_eos"],
+     "--tokenizer {data}/no_eos: the tokenizer has no EOS"),
+    ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--tokenizer", "{data}/no_eos"],
+     "--tokenizer {data}/no_eos: the tokenizer has no EOS"),
     ("quickstart.py", ["--model", "{data}/missing"], "--model {data}/missing"),
     ("quickstart.py", ["--prompt", ""], "--prompt ''"),
     # found only at the save, after the training, or at its first step: tracebacks before
@@ -373,20 +518,29 @@ def test_interrupted_training_leaves_no_output_folder(local_data, monkeypatch, s
     ("train.py", ["--train-file", "{data}/train.jsonl", "--output-dir", "{data}/train.jsonl"],
      "{data}/train.jsonl is a file"),
     ("finetune_lora.py", ["--train-file", "{data}/numbers.jsonl"], "'text' holds int"),
-    ("finetune_lora.py", ["--train-file", "{data}/one_token.jsonl"], "nothing to learn"),  # trained at loss 0
+    ("finetune_lora.py", ["--train-file", "{data}/empty.jsonl"], "nothing to learn"),  # trained at loss 0
     ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--model", "{data}/model", "--target-modules", "qq"],
      "--target-modules qq"),
     ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--model", "{data}/model", "--tokenizer", "{default}"],
      "--tokenizer {default}: the data's tokens"),
     ("train.py", ["--train-file", "{data}/train.jsonl", "--model", "{data}/model", "--tokenizer", "{default}"],
      "--tokenizer {default}: the data's tokens"),
+    ("finetune_lora.py", ["--train-file", "{data}/train.jsonl", "--model", "{data}/model", "--tokenizer",
+                          "{data}/added_pad"], "--tokenizer {data}/added_pad: its pad token has id 101"),
     ("train.py", ["--config", "{data}/missing.json", "--tokenizer", "{data}/model", "--train-file",
                   "{data}/train.jsonl"], "argument --config"),
 ])
 def test_examples_name_a_bad_argument(local_data, script, args, named):
     (local_data / "broken.jsonl").write_text('{"text": "the way"}\nnot json\n')
     (local_data / "numbers.jsonl").write_text('{"text": 5}\n')
-    (local_data / "one_token.jsonl").write_text('{"text": "the"}\n{"text": "way"}\n')
+    (local_data / "strings.jsonl").write_text('{"text": "the way"}\n"the way"\n')
+    (local_data / "arrays.jsonl").write_text('["the way"]\n')
+    (local_data / "empty.jsonl").write_text('{"text": ""}\n{"text": ""}\n')  # EOS alone: nothing to predict
+    added_pad, no_eos = make_tokenizer(), make_tokenizer()
+    added_pad.add_special_tokens({"pad_token": "[PAD]"})  # id 101: beyond the tiny model's vocabulary
+    no_eos.eos_token = None
+    added_pad.save_pretrained(local_data / "added_pad")
+    no_eos.save_pretrained(local_data / "no_eos")
     places = dict(data=local_data, default=xlstm_hf.default_model_path())  # its tokenizer: 8,192 tokens, not 101
     argv, named = [arg.format(**places) for arg in args], named.format(**places)
     output = [] if script == "quickstart.py" else ["--output-dir", str(local_data / "out")]

@@ -51,21 +51,35 @@ def bos_kwargs(config: Any) -> dict[str, bool]:
     return {"add_bos_token": True} if getattr(config, "force_bos_token_insert", False) else {}
 
 
-def load_tokenizer(args: argparse.Namespace) -> Any:
-    """The tokenizer of `--tokenizer` if one was given, else of `--model` (a script with both options)."""
+def tokenizer_source(args: argparse.Namespace) -> tuple[str, str]:
+    """The option that names the tokenizer and its value: `--tokenizer` if one was given, else `--model` (a script
+    with both options)."""
+    return ("--tokenizer", args.tokenizer) if args.tokenizer else ("--model", args.model)
+
+
+def load_tokenizer(args: argparse.Namespace, **kwargs: Any) -> Any:
+    """The tokenizer that `tokenizer_source` names, `kwargs` going to `from_pretrained` (e.g. `bos_kwargs`). One
+    without an EOS token is a `UsageError`: training ends every text with it."""
     from transformers import AutoTokenizer
 
-    option, name = ("--tokenizer", args.tokenizer) if args.tokenizer else ("--model", args.model)
-    return load_pretrained(AutoTokenizer, option, name)
+    option, name = tokenizer_source(args)
+    tokenizer = load_pretrained(AutoTokenizer, option, name, **kwargs)
+    if tokenizer.eos_token_id is None:
+        raise UsageError(f"{option} {name}: the tokenizer has no EOS token, which training puts after every text")
+    return tokenizer
 
 
-def check_vocabulary(args: argparse.Namespace, largest_id: int, vocab_size: int) -> None:
-    """A `UsageError` naming the tokenizer's option (as `load_tokenizer` chooses it) when the data holds a token id
-    that the model has no embedding for: found before training, not at its first step."""
+def check_vocabulary(args: argparse.Namespace, tokenizer: Any, largest_id: int, vocab_size: int) -> None:
+    """A `UsageError` naming the tokenizer's option (`tokenizer_source`) when the data holds a token id, or the
+    tokenizer pads with one, that the model has no embedding for: found before training, not at its first step."""
+    option, name = tokenizer_source(args)
     if largest_id >= vocab_size:
-        option, name = ("--tokenizer", args.tokenizer) if args.tokenizer else ("--model", args.model)
         raise UsageError(f"{option} {name}: the data's tokens go up to id {largest_id}, and the model's vocabulary "
                          f"has {vocab_size} (a tokenizer of another model?)")
+    pad = tokenizer.pad_token_id
+    if pad is not None and pad >= vocab_size:
+        raise UsageError(f"{option} {name}: its pad token has id {pad}, beyond the model's vocabulary of "
+                         f"{vocab_size} (a pad token added to the tokenizer? pad with one of the model's tokens)")
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
@@ -126,8 +140,8 @@ def read_data(parser: argparse.ArgumentParser, option: str, paths: list[str], fi
             texts += read_texts([path], field)
         except json.JSONDecodeError as error:
             parser.error(f"{option} {path}: a line is not JSON ({error.msg}): {error.doc[:80]!r}")
-        except TypeError:  # a JSON line that is a number, not an object
-            parser.error(f"{option} {path}: a line is not a JSON object")
+        except TypeError as error:  # a JSON line that is not an object
+            parser.error(f"{option} {error}")
         except KeyError as error:
             parser.error(f"--text-field {field}: {error.args[0]}")
         except (OSError, ValueError) as error:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .configuration_xlstm import XLSTMConfig
+from transformers import PretrainedConfig
+
+from . import modeling_xlstm_stack
 
 # Per weight mode: the linear layers of the mLSTM layer and of the gated FFN.
 LORA_TARGET_MODULES = {
@@ -12,8 +14,11 @@ LORA_TARGET_MODULES = {
 }
 
 
-def lora_target_modules(config: XLSTMConfig) -> list[str]:
-    """The LoRA target module names for a model with this config (they depend on `weight_mode`)."""
+def lora_target_modules(config: PretrainedConfig) -> list[str]:
+    """The LoRA target module names for a model with this config: the xLSTM[a:b] family's (model_type
+    "xlstm_stack"), or the 7B design's, which depend on `weight_mode`."""
+    if config.model_type == "xlstm_stack":
+        return list(modeling_xlstm_stack.LORA_TARGET_MODULES)
     return list(LORA_TARGET_MODULES[config.weight_mode])
 
 

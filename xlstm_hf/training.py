@@ -13,22 +13,26 @@ import re
 import shutil
 import sys
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import torch
 
 
 def read_texts(paths: Iterable[str | Path], field: str = "text") -> list[str]:
-    """Texts from `.jsonl` files (one JSON object a line, `field` holding the text) or plain text files (whole)."""
+    """Texts from `.jsonl` files (one JSON object a line, `field` holding the text) or plain text files (whole).
+    Lines end at LF (or CRLF) only: JSON holds U+2028, U+2029 and U+0085 unescaped, and `str.splitlines` ends lines
+    there too. A line of JSON that is no object (a number, a string, a list) is a TypeError naming it."""
     texts = []
     for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"data file not found: {path}")
         if path.suffix == ".jsonl":
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for number, line in enumerate(path.read_bytes().decode("utf-8").split("\n"), 1):
                 if line.strip():
-                    record = json.loads(line)
+                    record = json.loads(line.removesuffix("\r"))
+                    if not isinstance(record, dict):
+                        raise TypeError(f"{path}:{number} is not a JSON object: {line[:80]!r}")
                     if field not in record:
                         raise KeyError(f"{path}:{number} has no field {field!r} (fields: {sorted(record)})")
                     if not isinstance(record[field], str):
@@ -61,15 +65,22 @@ class PackedBlocks(torch.utils.data.Dataset):
 
 
 class SFTExamples(torch.utils.data.Dataset):
-    """One example per text, truncated to `max_length` tokens (supervised fine-tuning). Texts of fewer than two tokens
-    predict nothing: they are left out (`skipped` counts them), and a ValueError says when no example is left."""
+    """One example per text (supervised fine-tuning): its tokens (with the tokenizer's special tokens, e.g. BOS), then
+    EOS unless they end with it, so that a tuned model learns to stop; cut to `max_length` tokens. An example cut
+    (`truncated` counts them) ends without EOS: its text did not end there. Examples of fewer than two tokens predict
+    nothing: they are left out (`skipped` counts them), and a ValueError says when no example is left."""
 
     def __init__(self, texts: list[str], tokenizer, max_length: int):
-        encoded = [tokenizer(text, truncation=True, max_length=max_length)["input_ids"] for text in texts]
-        self.examples = [ids for ids in encoded if len(ids) >= 2]
+        eos = tokenizer.eos_token_id
+        # One token beyond max_length tells a text that is cut from one that fits.
+        encoded = [tokenizer(text, truncation=True, max_length=max_length + 1)["input_ids"] for text in texts]
+        ended = [ids if ids[-1:] == [eos] else ids + [eos] for ids in encoded]
+        self.truncated = sum(len(ids) > max_length for ids in ended)
+        self.examples = [ids[:max_length] for ids in ended if len(ids) >= 2]
         self.skipped = len(encoded) - len(self.examples)
         if not self.examples:
-            raise ValueError(f"none of its {len(encoded)} texts is two tokens or more: nothing to learn")
+            raise ValueError(f"none of its {len(encoded)} texts makes an example of two tokens or more (EOS "
+                             f"included): nothing to learn")
         self.largest_id = max(max(ids) for ids in self.examples)  # to check against the model's vocabulary
 
     def __len__(self) -> int:
@@ -80,14 +91,16 @@ class SFTExamples(torch.utils.data.Dataset):
 
 
 def right_padded_batch(examples: list[dict], pad_token_id: int) -> dict:
-    """Collate variable-length examples: right padding, attention mask 0 there, labels -100 there."""
+    """Collate variable-length examples: right padding, attention mask 0 there, labels -100 there. An example's own
+    `labels` (e.g. a prompt masked with -100) are kept; without them, its input_ids are its labels."""
     length = max(len(e["input_ids"]) for e in examples)
     input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros(len(examples), length, dtype=torch.long)
+    labels = torch.full((len(examples), length), -100, dtype=torch.long)
     for row, example in enumerate(examples):
         ids = torch.as_tensor(example["input_ids"], dtype=torch.long)
         input_ids[row, : len(ids)], attention_mask[row, : len(ids)] = ids, 1
-    labels = input_ids.masked_fill(attention_mask == 0, -100)
+        labels[row, : len(ids)] = torch.as_tensor(example.get("labels", ids), dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
@@ -132,14 +145,15 @@ def _stale(name: str, written: list[str]) -> bool:
     return bool(ADAPTER_FILE.fullmatch(name)) and (model or adapters)
 
 
-def save_atomically(output_dir: str | Path, *savables) -> Path:
+def save_atomically(output_dir: str | Path, *savables, replaces: Collection[str] = ()) -> Path:
     """Save every object (`save_pretrained`, or a function of the folder) into a temporary sibling folder, then
     rename it to `output_dir`, so that a failure never leaves a half-written folder. An existing `output_dir` is
     updated as `save_pretrained` would update it: the new files replace the old, the old folder's other entries
-    (tokenizer, README, `.git`, ...) are kept, except the weights that the new ones replace (`_stale`). On Linux the
-    new folder takes the old one's place in one step, the kept entries hard-linked into it, so that a reader always
-    finds the old folder or the new one, whole; elsewhere the old folder is renamed away first. A symlink is
-    followed: the folder it points to is the one updated."""
+    (tokenizer, README, `.git`, ...) are kept, except the weights that the new ones replace (`_stale`) and the
+    entries named in `replaces`, which the new save replaces even where it does not write them (a merged model made
+    from older adapters, say). On Linux the new folder takes the old one's place in one step, the kept entries
+    hard-linked into it, so that a reader always finds the old folder or the new one, whole; elsewhere the old folder
+    is renamed away first. A symlink is followed: the folder it points to is the one updated."""
     output_dir = Path(output_dir).resolve()  # "." has no name to build the siblings from; a link, its target
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"{output_dir} is a file, not a folder to save into")
@@ -154,8 +168,8 @@ def save_atomically(output_dir: str | Path, *savables) -> Path:
             tmp.rename(output_dir)
             return output_dir
         written = [entry.name for entry in tmp.iterdir()]
-        kept = [entry for entry in output_dir.iterdir()
-                if not (tmp / entry.name).exists() and not _stale(entry.name, written)]
+        kept = [entry for entry in output_dir.iterdir() if not (tmp / entry.name).exists()
+                and not _stale(entry.name, written) and entry.name not in replaces]
         if _linked_into(tmp, kept) and _exchange(tmp, output_dir):
             old = tmp  # which now holds the old folder
         else:
