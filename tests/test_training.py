@@ -226,9 +226,11 @@ def test_save_atomically_updates_a_folder_as_save_pretrained_does(tmp_path, swap
     model.save_pretrained(out, max_shard_size="100KB")
     (out / "tokenizer.json").write_text("{}")
     (out / ".git").mkdir()
+    (out / ".git" / "HEAD").write_text("ref: main")  # a folder kept with its files (hard-linked, then renamed)
     save_atomically(out, model)
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "tokenizer.json", ".git"} <= names and not [n for n in names if "-of-" in n]
+    assert (out / ".git" / "HEAD").read_text() == "ref: main"
     assert "model.safetensors.index.json" not in names
     umask = os.umask(0)
     os.umask(umask)
@@ -269,6 +271,38 @@ def test_save_atomically_shows_a_reader_the_old_folder_or_the_new_one_whole(tmp_
     save_atomically(out, tiny_model(seed=1))
     assert seen and all(seen)
     assert (out / ".git" / "HEAD").read_text() == "ref: main" and sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_save_atomically_into_the_working_folder_updates_it_in_place(tmp_path, monkeypatch):
+    # Swapped for a new folder, the working folder was deleted under this process (and a shell it ran from).
+    model, out = tiny_model(), tmp_path / "out"
+    model.save_pretrained(out, max_shard_size="100KB")
+    (out / "tokenizer.json").write_text("{}")
+    inode = out.stat().st_ino
+    monkeypatch.chdir(out)
+    other = tiny_model(seed=1)
+    rename = Path.rename
+    calls = []
+
+    def fail_third(self, target):  # a failure halfway through the moves puts every entry back
+        calls.append(self)
+        if len(calls) == 3:
+            raise OSError("device busy")
+        return rename(self, target)
+
+    before = sorted(os.listdir(out))
+    with monkeypatch.context() as patched:
+        patched.setattr(Path, "rename", fail_third)
+        with pytest.raises(OSError, match="device busy"):
+            save_atomically(".", other)
+    assert sorted(os.listdir(out)) == before and sorted(os.listdir(tmp_path)) == ["out"]
+    save_atomically(".", other)
+    assert os.getcwd() == str(out) and out.stat().st_ino == inode and sorted(os.listdir(tmp_path)) == ["out"]
+    names = set(os.listdir("."))
+    assert {"model.safetensors", "tokenizer.json", "config.json"} <= names and not [n for n in names if "-of-" in n]
+    ids = random_ids(1, 7)
+    with torch.no_grad():
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(".")(ids).logits, other(ids).logits)
 
 
 def test_save_atomically_replaces_only_the_weights_of_the_kind_it_writes(tmp_path, monkeypatch, swap):

@@ -146,47 +146,69 @@ def _stale(name: str, written: list[str]) -> bool:
 
 
 def save_atomically(output_dir: str | Path, *savables, replaces: Collection[str] = ()) -> Path:
-    """Save every object (`save_pretrained`, or a function of the folder) into a temporary sibling folder, then
-    rename it to `output_dir`, so that a failure never leaves a half-written folder. An existing `output_dir` is
+    """Save every object (`save_pretrained`, or a function of the folder) into a temporary sibling folder, then put
+    it in `output_dir`'s place, so that a failure never leaves a half-written folder. An existing `output_dir` is
     updated as `save_pretrained` would update it: the new files replace the old, the old folder's other entries
     (tokenizer, README, `.git`, ...) are kept, except the weights that the new ones replace (`_stale`) and the
     entries named in `replaces`, which the new save replaces even where it does not write them (a merged model made
     from older adapters, say). On Linux the new folder takes the old one's place in one step, the kept entries
     hard-linked into it, so that a reader always finds the old folder or the new one, whole; elsewhere the old folder
-    is renamed away first. A symlink is followed: the folder it points to is the one updated."""
+    is renamed away first. A folder that holds this process's working folder (`--output-dir .`) is updated entry by
+    entry instead: swapped, it would leave the process, and a shell it was started from, in a deleted folder. A
+    symlink is followed: the folder it points to is the one updated."""
     output_dir = Path(output_dir).resolve()  # "." has no name to build the siblings from; a link, its target
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"{output_dir} is a file, not a folder to save into")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_dir.with_name(f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()  # not tempfile.mkdtemp: that folder would stay private (0700) once renamed into place
-    old, moved = tmp.with_name(tmp.name.replace(".tmp-", ".old-")), []
     try:
         for obj in savables:  # objects with save_pretrained, or functions of the folder
             obj.save_pretrained(tmp) if hasattr(obj, "save_pretrained") else obj(tmp)
         if not output_dir.exists():
             tmp.rename(output_dir)
             return output_dir
-        written = [entry.name for entry in tmp.iterdir()]
-        kept = [entry for entry in output_dir.iterdir() if not (tmp / entry.name).exists()
-                and not _stale(entry.name, written) and entry.name not in replaces]
-        if _linked_into(tmp, kept) and _exchange(tmp, output_dir):
-            old = tmp  # which now holds the old folder
-        else:
-            for entry in kept:
-                entry.rename(tmp / entry.name)
-                moved.append(entry.name)
-            output_dir.rename(old)
-            tmp.rename(output_dir)
-    except BaseException:  # the old folder back as it was
-        if old.exists():
-            old.rename(output_dir)
-        for name in moved:
-            (tmp / name).rename(output_dir / name)
+        new = list(tmp.iterdir())
+        written = [entry.name for entry in new]
+        dropped = [entry for entry in output_dir.iterdir()
+                   if entry.name in written or _stale(entry.name, written) or entry.name in replaces]
+        kept = [entry for entry in output_dir.iterdir() if entry not in dropped]
+        # Each way leaves what is to be deleted at `tmp`.
+        if _holds_working_folder(output_dir):
+            aside = tmp / f".replaced-{uuid.uuid4().hex[:8]}"
+            aside.mkdir()
+            _move_all([(entry, aside / entry.name) for entry in dropped] +
+                      [(entry, output_dir / entry.name) for entry in new])
+        elif not (_linked_into(tmp, kept) and _exchange(tmp, output_dir)):
+            _remove_from(tmp, [entry.name for entry in kept])  # the links, where only the exchange failed
+            old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
+            _move_all([(entry, tmp / entry.name) for entry in kept] + [(output_dir, old), (tmp, output_dir),
+                                                                        (old, tmp)])
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
     return output_dir
+
+
+def _move_all(moves: list[tuple[Path, Path]]) -> None:
+    """Rename each source to its target, in order; where one fails, rename those done back, and raise."""
+    done = []
+    try:
+        for source, target in moves:
+            source.rename(target)
+            done.append((source, target))
+    except BaseException:
+        for source, target in reversed(done):
+            target.rename(source)
+        raise
+
+
+def _holds_working_folder(folder: Path) -> bool:
+    """Whether this process's working folder is `folder` or inside it."""
+    try:
+        cwd = Path.cwd().resolve()
+    except FileNotFoundError:  # already deleted
+        return False
+    return cwd == folder or folder in cwd.parents
 
 
 def _linked_into(folder: Path, entries: list[Path]) -> bool:
@@ -199,11 +221,15 @@ def _linked_into(folder: Path, entries: list[Path]) -> bool:
             else:
                 os.link(entry, folder / entry.name, follow_symlinks=False)
     except OSError:
-        for entry in entries:
-            link = folder / entry.name
-            shutil.rmtree(link) if link.is_dir() and not link.is_symlink() else link.unlink(missing_ok=True)
+        _remove_from(folder, [entry.name for entry in entries])
         return False
     return True
+
+
+def _remove_from(folder: Path, names: list[str]) -> None:
+    """Delete the entries of `folder` with these names, where they exist."""
+    for path in (folder / name for name in names):
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
 
 
 @functools.cache
