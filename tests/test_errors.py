@@ -99,6 +99,14 @@ def test_cli_out_of_range_arguments(capsys, argv, named):
     assert f"argument {named}:" in cli_error(capsys, *argv)
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "x", "--top-p", "0.9"], "--top-p samples"),  # was greedy, silently
+    (["generate", "caf\udce9"], "not valid UTF-8"),  # a shell's Latin-1 bytes: a traceback in the tokenizer
+])
+def test_cli_arguments_that_do_not_go_together(capsys, argv, message):
+    assert message in cli_error(capsys, *argv)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cli_device_this_machine_lacks(capsys):
     assert "argument --device: cuda" in cli_error(capsys, "generate", "x", "--device", "cuda")

@@ -5,10 +5,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from huggingface_hub.errors import HfHubHTTPError
 from transformers import AutoModelForCausalLM, AutoTokenizer, xLSTMConfig
 
 from helpers import copy_forcing_bos, make_tokenizer, random_ids, tiny_config, tiny_model
@@ -45,26 +47,35 @@ def test_save_for_hub_writes_a_complete_repository(tmp_path):
                        logits(model, random_ids(1, 5)))
 
 
+class FakeApi:
+    """Stands in for huggingface_hub's HfApi, recording in `calls` what would go over the network."""
+
+    calls: dict = {}
+
+    def __init__(self, token=None):
+        self.calls["token"] = token
+
+    def create_repo(self, repo_id, private=None, exist_ok=False):
+        self.calls["repo"] = (repo_id, private, exist_ok)
+        return SimpleNamespace(repo_id=repo_id if "/" in repo_id else f"me/{repo_id}")  # as the Hub answers
+
+    def create_branch(self, repo_id, branch, exist_ok=False):
+        self.calls["branch"] = (repo_id, branch, exist_ok)
+        if branch == "theirs":  # a branch of a repository one may only open pull requests to
+            raise HfHubHTTPError("403 Forbidden", response=SimpleNamespace(status_code=403, headers={}, request=None))
+
+    def create_commit(self, repo_id, operations, commit_message, **options):
+        self.calls["commit_repo"] = repo_id
+        self.calls["paths"] = sorted(op.path_in_repo for op in operations)
+        self.calls["sizes"] = {op.path_in_repo: os.path.getsize(op.path_or_fileobj) for op in operations}
+        self.calls["card"] = next(open(op.path_or_fileobj).read() for op in operations
+                                  if op.path_in_repo == "README.md")
+        self.calls["commit"] = dict(message=commit_message, **options)
+        return "commit-info"
+
+
 def test_push_to_hub_hands_every_file_to_one_commit(tmp_path, monkeypatch):
-    calls = {}
-
-    class FakeApi:  # records what would go over the network
-        def __init__(self, token=None):
-            calls["token"] = token
-
-        def create_repo(self, repo_id, private=None, exist_ok=False):
-            calls["repo"] = (repo_id, private, exist_ok)
-
-        def create_branch(self, repo_id, branch, exist_ok=False):
-            calls["branch"] = (repo_id, branch, exist_ok)
-
-        def create_commit(self, repo_id, operations, commit_message, **options):
-            calls["paths"] = sorted(op.path_in_repo for op in operations)
-            calls["sizes"] = {op.path_in_repo: os.path.getsize(op.path_or_fileobj) for op in operations}
-            calls["card"] = next(open(op.path_or_fileobj).read() for op in operations if op.path_in_repo == "README.md")
-            calls["commit"] = dict(message=commit_message, **options)
-            return "commit-info"
-
+    calls = FakeApi.calls = {}
     result = push_to_hub(tiny_model(), "me/tiny", make_tokenizer(), private=True, api=FakeApi())
     assert result == "commit-info" and calls["repo"] == ("me/tiny", True, True) and "branch" not in calls
     assert calls["commit"] == dict(message="Upload xLSTM", commit_description=None, revision=None, create_pr=False)
@@ -85,9 +96,31 @@ def test_push_to_hub_hands_every_file_to_one_commit(tmp_path, monkeypatch):
     model = tiny_model()
     model.save_pretrained(tmp_path / "tiny-repo", push_to_hub=True, token="t", commit_message="c", private=False)
     assert calls["token"] == "t" and calls["repo"] == ("tiny-repo", False, True)
+    assert calls["commit_repo"] == "me/tiny-repo"  # the namespace the Hub gave a bare name: "tiny-repo" is no repo
     assert calls["card"] == model_card(model) == (tmp_path / "tiny-repo" / "README.md").read_text()
     assert calls["paths"] == sorted(p.name for p in (tmp_path / "tiny-repo").iterdir())
     assert calls["commit"]["message"] == "c"
+
+
+def test_a_push_leaves_out_what_the_hub_refuses_and_what_the_save_did_not_write(tmp_path, monkeypatch):
+    # A clone's .git and `hf download --local-dir`'s .cache made the Hub refuse the whole commit; files the save did
+    # not write (a Trainer's checkpoint-500/, say) went up with it.
+    calls = FakeApi.calls = {}
+    monkeypatch.setattr("xlstm_hf.hub.HfApi", FakeApi)
+    folder = tmp_path / "repo"
+    for stray in (".git/HEAD", ".cache/huggingface/download/x.metadata", "checkpoint-500/optimizer.pt"):
+        (folder / stray).parent.mkdir(parents=True, exist_ok=True)
+        (folder / stray).write_text("x")
+    model = tiny_model()
+    model.save_pretrained(folder, push_to_hub=True, repo_id="me/tiny")
+    assert calls["paths"] == sorted(p.name for p in folder.iterdir() if p.is_file())
+    # A pull request's ref is no branch to create; without write access, a pull request against a branch still goes.
+    for revision in ("refs/pr/1", "theirs"):
+        calls.clear()
+        assert push_to_hub(model, "me/tiny", revision=revision, create_pr=True, api=FakeApi()) == "commit-info"
+        assert ("branch" in calls) == (revision == "theirs") and calls["commit"]["revision"] == revision
+    with pytest.raises(HfHubHTTPError, match="403"):
+        push_to_hub(model, "me/tiny", revision="theirs", api=FakeApi())
 
 
 @pytest.mark.parametrize("overrides, limit", [({}, None), ({"weight_mode": "fused"}, "weight_mode"),
@@ -275,6 +308,39 @@ def test_cli_generate_puts_a_bos_token_first_where_the_checkpoint_asks(model_fol
     tokenizer = make_tokenizer()
     plain = tokenizer("the way of")["input_ids"]
     assert plain[0] != tokenizer.bos_token_id and prompts == [plain, [tokenizer.bos_token_id] + plain]
+
+
+def test_cli_generate_prints_the_completion_as_the_whole_sequence_decodes(model_folder, capsys):
+    # A word-level tokenizer puts the space between the prompt and its first new word only in the whole sequence's
+    # text: the prompt and the new tokens' text, printed side by side, ran together ("the way ofsee").
+    cli_main(["generate", "the way of", "--model", str(model_folder), "--max-new-tokens", "4", "--device", "cpu"])
+    tokenizer, model = AutoTokenizer.from_pretrained(model_folder), AutoModelForCausalLM.from_pretrained(model_folder)
+    ids = tokenizer("the way of", return_tensors="pt")["input_ids"]
+    whole = tokenizer.decode(model.generate(ids, max_new_tokens=4, do_sample=False)[0], skip_special_tokens=True)
+    assert whole.startswith("the way of ") and capsys.readouterr().out == whole + "\n"
+
+
+def test_cli_bench_continues_the_state_of_a_checkpoint_saved_without_use_cache(tmp_path, monkeypatch, capsys):
+    # A Trainer saves "use_cache": false; every decode step then ran as a one-token forward with no history. The
+    # checkpoint has no tokenizer either, which bench never uses (it refused it).
+    model = tiny_model()
+    model.config.use_cache = False
+    model.save_pretrained(tmp_path / "trained")
+    seen, forward = [], XLSTMForCausalLM.forward
+
+    def spy(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        seen.append(None if out.cache is None else out.cache.get_seq_length())
+        return out
+
+    monkeypatch.setattr(XLSTMForCausalLM, "forward", spy)
+    cli_main(["bench", "--model", str(tmp_path / "trained"), "--prompt-length", "8", "--new-tokens", "3",
+              "--device", "cpu"])
+    assert "decode:" in capsys.readouterr().out
+    assert seen[1:] == [8, 9, 10, 11]  # after the warm-up: the prompt, then one more token a step
+    # generate needs a tokenizer: named as missing (transformers' error asked to install sentencepiece)
+    assert cli_main(["generate", "x", "--model", str(tmp_path / "trained"), "--device", "cpu"]) == 2
+    assert "no tokenizer there" in capsys.readouterr().err
 
 
 def test_cli_convert_and_export(model_folder, tmp_path):

@@ -73,9 +73,12 @@ def _load_model(name: str, base_only: bool = False, **kwargs):
         raise CommandError(f"--model {name}: {error}") from None
 
 
+# What a folder holds where it has a tokenizer (one of them).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def _load(args):
     import torch
-    from transformers import AutoTokenizer
 
     import xlstm_hf
 
@@ -83,24 +86,50 @@ def _load(args):
         args.model = str(xlstm_hf.default_model_path())
     # bf16 matmuls are slow on most CPUs: compute in float32 there unless asked otherwise.
     dtype = getattr(torch, args.dtype) if args.dtype else torch.float32 if args.device == "cpu" else "auto"
-    model = _load_model(args.model, dtype=dtype).to(args.device).eval()
-    return model, load_pretrained(AutoTokenizer, "--model", args.model, **bos_kwargs(model.config))
+    return _load_model(args.model, dtype=dtype).to(args.device).eval()
+
+
+def _load_tokenizer(name: str):
+    """The tokenizer of `--model`, adding BOS where the checkpoint's config asks for it (`bos_kwargs`)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    import xlstm_hf  # noqa: F401  (registers our configs)
+
+    path = Path(name)
+    if path.is_dir() and not any((path / file).is_file() for file in TOKENIZER_FILES):
+        raise CommandError(f"--model {name}: no tokenizer there ({', '.join(TOKENIZER_FILES)})")
+    config = load_pretrained(AutoConfig, "--model", name)
+    return load_pretrained(AutoTokenizer, "--model", name, **bos_kwargs(config))
 
 
 def cmd_generate(args) -> None:
     import torch
 
-    model, tokenizer = _load(args)
+    import xlstm_hf
+
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8
+        raise CommandError("the prompt is not valid UTF-8") from None
+    if args.top_p is not None and args.temperature == 0:
+        raise CommandError("--top-p samples, and --temperature 0 (the default) is greedy: give a --temperature")
+    args.model = args.model or str(xlstm_hf.default_model_path())
+    tokenizer = _load_tokenizer(args.model)  # before the model, whose weights take longer
     inputs = tokenizer(args.prompt, return_tensors="pt").to(args.device)
     if inputs["input_ids"].shape[1] == 0:
         raise CommandError("the prompt is empty after tokenization")
+    model = _load(args)
+    sampling = dict(do_sample=True, temperature=args.temperature, top_p=args.top_p or 0.95) if args.temperature else \
+        dict(do_sample=False, temperature=None, top_p=None)
     start = time.perf_counter()
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
-                             temperature=args.temperature or None, top_p=args.top_p if args.temperature > 0 else None)
+        out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, **sampling)
     seconds = time.perf_counter() - start
     new = out[0, inputs["input_ids"].shape[1]:]
-    print(args.prompt + tokenizer.decode(new, skip_special_tokens=True))
+    # The completion as the whole sequence decodes it, after the prompt's part (as transformers' pipeline does): a
+    # word-level tokenizer puts the space between the prompt and its first new word only there.
+    text, prompt = (tokenizer.decode(ids, skip_special_tokens=True) for ids in (out[0], inputs["input_ids"][0]))
+    print(args.prompt + text[len(prompt):])
     print(f"[{len(new)} tokens in {seconds:.2f} s: {len(new) / seconds:.1f} tokens/s, {model.kernel_backend} kernels "
           f"on {args.device}]", file=sys.stderr)
 
@@ -156,20 +185,21 @@ def cmd_export(args) -> None:
 def cmd_bench(args) -> None:
     import torch
 
-    model, _ = _load(args)
+    model = _load(args)
     ids = torch.randint(3, model.config.vocab_size, (args.batch, args.prompt_length), device=args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     with torch.no_grad():
         model(ids[:, :16])  # warm-up (kernel compilation)
         sync()
         start = time.perf_counter()
-        out = model(ids, logits_to_keep=1)
+        # use_cache: a checkpoint saved with "use_cache": false (a Trainer's) would return no state to continue.
+        out = model(ids, logits_to_keep=1, use_cache=True)
         sync()
         prefill = time.perf_counter() - start
         token = out.logits[:, -1:].argmax(-1)
         start = time.perf_counter()
         for _ in range(args.new_tokens):
-            out = model(token, cache=out.cache)
+            out = model(token, cache=out.cache, use_cache=True)
             token = out.logits[:, -1:].argmax(-1)
         sync()
         decode = time.perf_counter() - start
@@ -199,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(generate)
     generate.add_argument("--max-new-tokens", type=positive_int, default=64)
     generate.add_argument("--temperature", type=non_negative_float, default=0.0, help="0: greedy (default)")
-    generate.add_argument("--top-p", type=number_in(0, 1, low_open=True, high_open=False), default=0.95,
-                          help="nucleus sampling (default: 0.95)")
+    generate.add_argument("--top-p", type=number_in(0, 1, low_open=True, high_open=False),
+                          help="nucleus sampling, with a --temperature above 0 (default there: 0.95)")
     generate.set_defaults(run=cmd_generate)
 
     convert = commands.add_parser("convert", help="convert a checkpoint (layout, weight mode, dtype)")

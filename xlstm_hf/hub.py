@@ -9,9 +9,12 @@ import tempfile
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub.errors import HfHubHTTPError
 
 from .modeling_xlstm import XLSTMForCausalLM
 from .training import save_atomically
+
+FORBIDDEN_FOLDERS = {".git", ".cache"}  # the Hub refuses files under these (a clone's, `hf download --local-dir`'s)
 
 
 def vanilla_limits(config) -> list[str]:
@@ -125,20 +128,36 @@ def push_to_hub(model: XLSTMForCausalLM, repo_id: str, tokenizer=None, base_mode
 
 def commit_folder(api: HfApi, folder: Path, repo_id: str, *, private: bool | None = None,
                   commit_message: str | None = None, commit_description: str | None = None,
-                  revision: str | None = None, create_pr: bool = False):
-    """Create the repository if needed and upload every file of `folder` in one commit (to the branch `revision`,
-    created if missing, or as a pull request with `create_pr`)."""
-    operations = [CommitOperationAdd(path_in_repo=str(file.relative_to(folder)), path_or_fileobj=str(file))
-                  for file in sorted(folder.rglob("*")) if file.is_file()]
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    if revision is not None:
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
+                  revision: str | None = None, create_pr: bool = False, unchanged: dict[str, float] | None = None):
+    """Create the repository if needed and upload the files of `folder` in one commit (to the branch `revision`,
+    created if missing, or as a pull request with `create_pr`): all of them but those under `.git` or `.cache`, which
+    the Hub refuses, and those `unchanged` lists (relative path: modification time) with the time they still have."""
+    files = [file for file in sorted(Path(folder).rglob("*")) if file.is_file()]
+    paths = {file: file.relative_to(folder) for file in files}
+    operations = [CommitOperationAdd(path_in_repo=paths[file].as_posix(), path_or_fileobj=str(file)) for file in files
+                  if not FORBIDDEN_FOLDERS & set(paths[file].parts)
+                  and (unchanged or {}).get(paths[file].as_posix()) != file.stat().st_mtime]
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id  # a bare name gets its namespace
+    if revision is not None and not revision.startswith("refs/pr/"):  # a pull request's ref is no branch to make
+        try:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        except HfHubHTTPError as error:  # no write access: a pull request against that branch still may be opened
+            if not (create_pr and error.response is not None and error.response.status_code == 403):
+                raise
     return api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message or "Upload xLSTM",
                              commit_description=commit_description, revision=revision, create_pr=create_pr)
 
 
+def file_times(folder: str | Path) -> dict[str, float]:
+    """The modification time of every file under `folder` (relative path: time; empty where there is no folder), so
+    that `push_saved_folder` uploads only what a save then writes, as transformers does."""
+    folder = Path(folder)
+    return {file.relative_to(folder).as_posix(): file.stat().st_mtime for file in folder.rglob("*") if file.is_file()}
+
+
 def push_saved_folder(folder: str | Path, repo_id: str | None = None, token: str | bool | None = None, **options):
-    """`save_pretrained(folder, push_to_hub=True)`: the folder as saved, our model card in it, in one commit to
-    `repo_id` (default: the folder's name, as transformers does). `options` as `commit_folder`'s."""
+    """`save_pretrained(folder, push_to_hub=True)`: the files the save wrote (`unchanged`: `file_times` from before
+    it), our model card among them, in one commit to `repo_id` (default: the folder's name, as transformers does).
+    `options` as `commit_folder`'s."""
     folder = Path(folder)
     return commit_folder(HfApi(token=token), folder, repo_id or folder.resolve().name, **options)

@@ -828,13 +828,18 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
         """transformers' save_pretrained, plus a generated model card (README.md) when the folder has none. Tied
         embeddings are saved twice, also from a `state_dict` passed in (the Trainer's and accelerate's saves):
         vanilla transformers' xLSTM never ties, and would leave its head random. With `push_to_hub=True` the folder
-        is uploaded as saved, card included, in one commit (transformers would upload its template card instead);
+        is uploaded as saved (the files this save wrote, as transformers uploads them), card included, in one commit
+        (transformers would upload its template card instead);
         `repo_id`, `private`, `token`, `commit_message`, `commit_description`, `revision`, `create_pr` as for
         `push_to_hub`. Needs the network."""
         push = kwargs.pop("push_to_hub", False)
         hub_options = {name: kwargs.pop(name) for name in ("repo_id", "private", "token", "commit_message",
                                                            "commit_description", "revision", "create_pr")
                        if name in kwargs}
+        if push and is_main_process:
+            from .hub import file_times  # the hub module builds on this one
+
+            hub_options["unchanged"] = file_times(save_directory)  # the upload is of what this save writes
         if self.lm_head.weight is self.get_input_embeddings().weight:
             source = self.state_dict() if state_dict is None else state_dict
             embeddings = source.get("backbone.embeddings.weight")
