@@ -19,15 +19,18 @@ import results
 import torch
 import torch.nn.functional as F
 
+from xlstm_hf.arguments import positive_int
+
 COPIES = 4  # weight copies per timed call: 4 x the smallest projection (32 MiB) is more than an H200's L2
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--layers", type=int, default=4, help="layers of the layer-step timing (per-layer mean)")
+    parser.add_argument("--batches", type=positive_int, nargs="+", default=[1, 32])
+    parser.add_argument("--layers", type=positive_int, default=4,
+                        help="layers of the layer-step timing (per-layer mean)")
     parser.add_argument("--sweep", action="store_true", help="time tilings of the decode GEMV, then stop")
-    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--out", type=results.file_to_write, help="write the results as JSON here")
     return parser.parse_args(argv)
 
 

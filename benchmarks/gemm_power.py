@@ -13,6 +13,7 @@ Hopper (989 TFLOP/s at 1,830 MHz on 132 SMs). A prefill spends ~87% of its GPU t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import threading
@@ -36,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rows", type=positive_int, nargs="+", default=[2048, 16384], help="tokens a GEMM (M)")
     parser.add_argument("--seconds", type=number_in(1.0), default=3.0,
                         help="how long each loop runs (at least 1: on the H200 a 0.5 s loop got no telemetry sample)")
-    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--out", type=results.file_to_write, help="write the results as JSON here")
     return parser.parse_args(argv)
 
 
@@ -116,7 +117,7 @@ def main(argv=None) -> None:
                     w = torch.randn(out_features, in_features, device="cuda", dtype=torch.bfloat16) * 0.02
                     if data == "zeros":
                         x.zero_(), w.zero_()
-                    seconds, start, end = loop(lambda: F.linear(x, w), args.seconds)
+                    seconds, start, end = loop(functools.partial(F.linear, x, w), args.seconds)
                     # The first half second lets the clock settle to what the loop sustains.
                     row = dict(gemm=name, M=M, N=out_features, K=in_features, data=data, ms=round(1e3 * seconds, 4),
                                tflops=round(2 * M * out_features * in_features / seconds / 1e12, 1),

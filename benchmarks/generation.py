@@ -86,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "the host or the GPU paces the prefill, block by block)")
     parser.add_argument("--only-profile", action="store_true", help="skip the suites (with --profile)")
     parser.add_argument("--tiny", action="store_true", help="small configs on the CPU (no timing claims)")
-    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--out", type=results.file_to_write, help="write the results as JSON here")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # internal: run one variant in this process
     args = parser.parse_args(argv)
     if args.only_profile and args.profile is None:

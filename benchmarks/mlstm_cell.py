@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "kernels, at each S and chunk size (--chunk-sizes) and under other tilings, then stop")
     parser.add_argument("--skip", nargs="*", default=[], metavar="TEXT",
                         help="skip the variants (sequence, SDPA, step) whose name contains TEXT (e.g. xl_chunk)")
-    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--out", type=results.file_to_write, help="write the results as JSON here")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # internal: time one variant in this process
     return parser.parse_args(argv)
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from xlstm_hf.arguments import positive_int
+from xlstm_hf.arguments import device, positive_int
 
 PRESETS = {
     "small": dict(vocab_size=50304, hidden_size=256, num_hidden_layers=4, num_heads=4),
@@ -33,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="prompt lengths")
     parser.add_argument("--segment", type=positive_int, default=16384,
                         help="prefill segment (max_inference_chunksize)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--device", type=device, default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one length in this process
     return parser.parse_args(argv)

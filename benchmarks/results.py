@@ -3,6 +3,7 @@ what several of them share: the 7B's GEMM shapes, and how a sweep tells a varian
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -10,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 
@@ -56,6 +58,18 @@ def seven_b_gemms() -> dict[str, tuple[int, int]]:
 def relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
     """max |ours - reference| / max |reference|: how a sweep tells a tiling that computes something else."""
     return ((ours.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
+
+
+def file_to_write(text: str) -> str:
+    """An argparse type for `--out`: a file that `write` can make at the end of the run, not an existing folder, below
+    a folder that exists or can be made. Checked before the run, so that its results are not lost at the write."""
+    path = Path(text).resolve()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    ancestor = next(folder for folder in path.parents if folder.exists())
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot make {text}: {ancestor} is not a folder that can be written")
+    return text
 
 
 def write(path: str | None, info: dict, args, rows: list[dict]) -> None:

@@ -14,6 +14,7 @@ weights (and, for the package's cells, their bias). Median times from `triton.te
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -27,18 +28,33 @@ from xlstm_hf.arguments import positive_int
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
+# Sizes of a run on the GPU, and of --tiny's on the CPU: the latter only for the options left out.
+SIZES = dict(lengths=[256, 1024, 4096], batch=16, heads=4, head_dim=64)
+TINY_SIZES = dict(lengths=[8], batch=2, heads=2, head_dim=8)
+VARIANTS = ["xlstm_hf_triton", "xlstm_hf_torch", "xlstm_cuda", "xlstm_vanilla"]
+CPU_VARIANTS = ["xlstm_hf_torch", "xlstm_vanilla"]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
+    """The options; a size left out takes --tiny's value or the GPU run's, and --tiny refuses variants that all need
+    CUDA (they would give no row at all)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=positive_int, nargs="+", default=[256, 1024, 4096])
-    parser.add_argument("--batch", type=positive_int, default=16)
-    parser.add_argument("--heads", type=positive_int, default=4)
-    parser.add_argument("--head-dim", type=positive_int, default=64)
+    for name, value in SIZES.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=positive_int, nargs="+" if name == "lengths" else None,
+                            help=f"default: {value}; with --tiny, {TINY_SIZES[name]}")
     parser.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
-    variants = ["xlstm_hf_triton", "xlstm_hf_torch", "xlstm_cuda", "xlstm_vanilla"]
-    parser.add_argument("--variants", nargs="+", default=variants, choices=variants)
-    parser.add_argument("--tiny", action="store_true", help="small sizes on the CPU, PyTorch variants only")
-    parser.add_argument("--out", help="write the results as JSON here")
-    return parser.parse_args(argv)
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    parser.add_argument("--tiny", action="store_true",
+                        help=f"small sizes on the CPU, PyTorch variants only ({', '.join(CPU_VARIANTS)})")
+    parser.add_argument("--out", type=results.file_to_write, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    for name, value in (TINY_SIZES if args.tiny else SIZES).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.tiny and not set(args.variants) & set(CPU_VARIANTS):
+        parser.error(f"--variants {' '.join(args.variants)}: none runs on the CPU of --tiny "
+                     f"(those that do: {', '.join(CPU_VARIANTS)})")
+    return args
 
 
 def package_cell(backend: str, B: int, NH: int, DH: int, dtype: str, R: torch.Tensor, bias: torch.Tensor, device):
@@ -141,10 +157,13 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.tiny:
-        args.lengths, args.batch, args.heads, args.head_dim = [8], 2, 2, 8
-    elif not torch.cuda.is_available():
+    if not args.tiny and not torch.cuda.is_available():
         raise SystemExit("benchmarks/slstm.py needs a CUDA GPU (or --tiny)")
+    try:  # the float64 reference of every row
+        importlib.import_module("xlstm.blocks.slstm.cell")
+    except ImportError as error:
+        raise SystemExit(f"benchmarks/slstm.py needs the xlstm package (pip install xlstm) for its float64 reference: "
+                         f"{error}") from None
     info = results.environment()
     print(json.dumps(info))
     rows = run(args)

@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seq-len", type=positive_int, default=2048)
     parser.add_argument("--steps", type=positive_int, default=5, help="timed optimizer steps (after 2 untimed ones)")
     parser.add_argument("--tiny", action="store_true", help="small configs on the CPU (no timing claims)")
-    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--out", type=results.file_to_write, help="write the results as JSON here")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # internal: "variant/setup" in this process
     return parser.parse_args(argv)
 

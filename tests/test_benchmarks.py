@@ -79,19 +79,86 @@ def test_plots_take_the_median_of_a_point_measured_twice():
     assert by_variant(rows, "latency", "ttft_ms") == {"a": [(1, 1.0), (2048, 4.5)]}
 
 
-def test_prefill_memory_in_half_precision_and_a_failed_length(tmp_path):
+def test_plots_take_the_median_of_prefill_bars_and_memory_points():
+    """As the latency lines do: the bar of a shape measured in several files is not whichever file came last."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from plots import memory_curves, prefill_rates
+
+    rows = [dict(suite="prefill", variant="a", batch=2, prompt=64, ttft_ms=t) for t in (32.0, 64.0, 128.0)]
+    assert prefill_rates(rows) == {"a": {(2, 64): 2000.0}}  # of 4000, 2000 and 1000 tokens/s
+    rows = [dict(suite="memory", variant="a", points=p) for p in ([[1, 1.0], [2, 3.0]], [[1, 2.0], [2, 1.0]],
+                                                                   [[1, 1.5], [2, 2.0]])]
+    assert memory_curves(rows) == {"a": [(1, 1.5), (2, 2.0)]}
+
+
+def test_plots_refuse_files_they_cannot_plot(tmp_path):
+    """A missing file, one that is not JSON, and results with no suite to plot: a usage error, not a traceback nor an
+    exit 0 with nothing written."""
+    truncated, training = tmp_path / "truncated.json", tmp_path / "training.json"
+    truncated.write_text('{"info": {"device": "cpu"}, "rows": [')
+    training.write_text(json.dumps(dict(info=dict(device="cpu"), args={}, rows=[dict(variant="v", setup="s")])))
+    for path, reason in ((tmp_path / "nope.json", "cannot read"), (truncated, "is not JSON"),
+                         (training, "nothing to plot")):
+        code, _, err = run_script(ROOT / "benchmarks" / "plots.py", str(path), "--out", str(tmp_path / "img"))
+        assert code == 2 and str(path) in err and reason in err, err
+    assert not (tmp_path / "img").exists()
+
+
+def test_plots_titles_say_what_the_json_measured(tmp_path, monkeypatch):
+    """A --tiny run's plots say tiny float32 configs and the prefill batch it measured, not the 7B's."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import plots
+
+    rows = [dict(suite="prefill", variant="a", batch=2, prompt=64, ttft_ms=10.0),
+            dict(suite="latency", variant="a", prompt=8, ttft_ms=5.0, decode_tok_s=100.0)]
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(dict(info=dict(device="cpu"), args=dict(tiny=True), rows=rows)))
+    titles = {}
+    monkeypatch.setattr(plots, "save", lambda fig, ax, out: titles.update({Path(out).name: ax.get_title()}))
+    plots.main([str(path), "--out", str(tmp_path)])
+    assert set(titles) == {"ttft.png", "decode.png", "prefill.png"}
+    assert all("tiny configs, float32 (cpu)" in title and "7B" not in title for title in titles.values()), titles
+    assert "128 tokens a batch" in titles["prefill.png"], titles
+
+
+def test_benchmarks_check_out_before_the_run(tmp_path):
+    """An --out that cannot be written (below a file, or an existing folder) was found at the write, after the run."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import results
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for script in ("generation.py", "training.py", "slstm.py", "mlstm_cell.py", "decode_layer.py", "gemm_power.py"):
+        for out in (afile / "out.json", tmp_path):
+            code, _, err = run_script(ROOT / "benchmarks" / script, "--out", str(out))
+            assert code == 2 and "argument --out: " in err and str(out) in err, (script, err)
+    new = str(tmp_path / "new" / "out.json")
+    assert results.file_to_write(new) == new  # its folder is made at the write
+
+
+def test_prefill_memory_in_half_precision(tmp_path):
     """The CPU's peak resident set counted a float32 copy of the model made before its cast: a bf16 prefill's growth
-    read 0. A length that fails says why."""
+    read 0."""
     script = ROOT / "benchmarks" / "prefill_memory.py"
     run = subprocess.run([sys.executable, str(script), "--lengths", "2048", "--segment", "1024", "--dtype", "bfloat16"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     length, seconds, peak, growth = run.stdout.splitlines()[-1].split()
     assert length == "2048" and float(growth) > 0.005, run.stdout
-    if not torch.cuda.is_available():
-        run = subprocess.run([sys.executable, str(script), "--lengths", "64", "--device", "cuda"], capture_output=True,
-                             text=True, timeout=300)
-        assert run.returncode == 1 and "prompt of 64 tokens: " in run.stderr and "Traceback" not in run.stderr
+
+
+def test_prefill_memory_refuses_a_device_this_machine_lacks():
+    """A bad --device was reported against the first prompt length, from its child process."""
+    devices = ["gpu"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in devices:
+        code, _, err = run_script(ROOT / "benchmarks" / "prefill_memory.py", "--lengths", "64", "--device", device)
+        assert code == 2 and f"argument --device: {device}" in err.replace("'", ""), err
+
+
+def test_decode_layer_refuses_sizes_below_one():
+    for option, value in (("--batches", "0"), ("--batches", "-3"), ("--layers", "0")):
+        code, _, err = run_script(ROOT / "benchmarks" / "decode_layer.py", option, value)
+        assert code == 2 and f"argument {option}: must be at least 1, got {value}" in err, err
 
 
 def test_benchmarks_have_help():
@@ -124,3 +191,26 @@ def test_slstm_benchmark_tiny(tmp_path):
     assert set(rows) == {"xlstm_hf_torch", "xlstm_vanilla"}  # the CPU runs the PyTorch variants only
     # Both against the package's float64 vanilla backend, in bf16: the same recurrence, bf16's rounding apart.
     assert all(r["max_abs_err_vs_fp64"] < 3e-2 and r["ms"] > 0 and r["fwbw_ms"] > 0 for r in rows.values())
+
+
+def test_slstm_tiny_keeps_the_sizes_given(tmp_path):
+    """--tiny replaced explicit sizes with its own: it sets only those left out."""
+    pytest.importorskip("xlstm")
+    out = tmp_path / "slstm.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "slstm.py"), "--tiny", "--lengths", "5", "--batch",
+                          "3", "--head-dim", "4", "--variants", "xlstm_hf_torch", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["S"], r["B"], r["NH"], r["DH"]) for r in rows] == [(5, 3, 2, 4)]  # the heads: --tiny's 2
+
+
+def test_slstm_refuses_to_run_nothing_or_without_its_reference():
+    """--tiny with CUDA variants only wrote empty results; without the xlstm package, a traceback."""
+    script = ROOT / "benchmarks" / "slstm.py"
+    code, _, err = run_script(script, "--tiny", "--variants", "xlstm_cuda", "xlstm_hf_triton")
+    assert code == 2 and "--variants xlstm_cuda xlstm_hf_triton: none runs on the CPU" in err, err
+    without_xlstm = (f"import runpy, sys; sys.modules['xlstm'] = None; sys.path.insert(0, {str(script.parent)!r}); "
+                     f"sys.argv = ['slstm.py', '--tiny']; runpy.run_path({str(script)!r}, run_name='__main__')")
+    run = subprocess.run([sys.executable, "-c", without_xlstm], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "needs the xlstm package" in run.stderr and "Traceback" not in run.stderr, run.stderr

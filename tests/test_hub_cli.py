@@ -173,6 +173,17 @@ def test_remote_code_bundle_runs_without_xlstm_hf(tmp_path):
     assert (torch.load(tmp_path / "step.pt") - step).abs().max() < 1e-4
 
 
+def test_a_bundle_card_shows_how_to_load_it_without_xlstm_hf(model_folder, tmp_path):
+    # The card said the checkpoint needed xlstm_hf, and its snippet imported it.
+    model = AutoModelForCausalLM.from_pretrained(model_folder)
+    folder = export_remote_code(tmp_path / "bundle", model, model_folder=model_folder)
+    snippet = (folder / "README.md").read_text().split("```python\n")[1].split("```")[0]
+    code = 'import sys\nsys.modules["xlstm_hf"] = None\n' + snippet.replace("path/to/this/folder", str(folder))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                         env={**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert run.returncode == 0 and run.stdout.strip(), run.stderr[-3000:]
+
+
 def test_weight_mode_conversion_both_ways():
     single = tiny_model()
     fused_config = XLSTMConfig.from_dict({**single.config.to_dict(), "weight_mode": "fused"})

@@ -46,14 +46,16 @@ def card_arguments(text: str) -> dict | None:
         arguments = json.loads(last[len(CARD_MARK):-len(" -->")])
     except ValueError:
         return None
-    return arguments if isinstance(arguments, dict) and set(arguments) == {"repo_id", "base_model", "tags"} else None
+    named = {"repo_id", "base_model", "tags"}
+    return arguments if isinstance(arguments, dict) and set(arguments) in (named, named | {"remote_code"}) else None
 
 
 def model_card(model: XLSTMForCausalLM, repo_id: str | None = None, base_model: str | None = None,
-               tags: list[str] | None = None) -> str:
-    """README.md with YAML metadata (library, pipeline, tags, base model), the architecture and a usage snippet. It
-    ends with a mark (an HTML comment, not shown on the Hub) that names the arguments, so that a conversion tells
-    this card from one a person wrote or edited, and writes the converted model's card with the same arguments."""
+               tags: list[str] | None = None, remote_code: bool = False) -> str:
+    """README.md with YAML metadata (library, pipeline, tags, base model), the architecture and a usage snippet
+    (`remote_code`: for a folder that brings its code, `remote_code.export_remote_code`). It ends with a mark (an HTML
+    comment, not shown on the Hub) that names the arguments, so that a conversion tells this card from one a person
+    wrote or edited, and writes the converted model's card with the same arguments."""
     config = model.config
     params = sum(p.numel() for p in model.parameters())
     name = repo_id or "path/to/this/folder"
@@ -67,13 +69,18 @@ def model_card(model: XLSTMForCausalLM, repo_id: str | None = None, base_model: 
     metadata.append("---")
     limits = vanilla_limits(config)
     xlstm_hf_link = "[xlstm_hf](https://pypi.org/project/xlstm_hf/)"
-    if limits:
+    if remote_code:
+        loading = ("The checkpoint brings its own code: plain transformers (>= 5.24) runs it with "
+                   f"`trust_remote_code=True`, without {xlstm_hf_link}, which also runs it and brings")
+    elif limits:
         loading = (f"The checkpoint needs {xlstm_hf_link} (plain transformers' built-in xLSTM cannot run it: "
                    f"{'; '.join(limits)}), which brings")
     else:
         loading = ("The checkpoint loads in plain transformers (>= 5.24, its built-in xLSTM) and, faster, with "
                    f"{xlstm_hf_link}:")
     import_note = "registers the implementation it needs" if limits else "optional: registers the fast implementation"
+    imports = "" if remote_code else f"import xlstm_hf  # {import_note}\n"
+    trust = ", trust_remote_code=True" if remote_code else ""
     body = f"""
 # {name.split("/")[-1]}
 
@@ -86,16 +93,17 @@ An xLSTM language model ([xLSTM 7B architecture](https://arxiv.org/abs/2503.1342
 memory in context.
 
 ```python
-import xlstm_hf  # {import_note}
-from transformers import AutoModelForCausalLM, AutoTokenizer
+{imports}from transformers import AutoModelForCausalLM, AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained("{name}")
-model = AutoModelForCausalLM.from_pretrained("{name}")
+model = AutoModelForCausalLM.from_pretrained("{name}"{trust})
 inputs = tokenizer("The xLSTM is", return_tensors="pt")
 print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0]))
 ```
 """
-    mark = CARD_MARK + json.dumps({"repo_id": repo_id, "base_model": base_model, "tags": tags}) + " -->\n"
+    arguments = {"repo_id": repo_id, "base_model": base_model, "tags": tags, **({"remote_code": True} if remote_code
+                                                                                 else {})}
+    mark = CARD_MARK + json.dumps(arguments) + " -->\n"
     return "\n".join(metadata) + "\n" + body + "\n" + mark
 
 

@@ -9,7 +9,8 @@ import re
 from pathlib import Path
 
 from .configuration_xlstm import XLSTMConfig
-from .conversion import checkpoint_model_type, companion_files, copy_files
+from .conversion import checkpoint_model_type, companion_files, copy_files, generated_card_arguments
+from .hub import model_card
 from .training import save_atomically, write_atomically
 
 PACKAGE = Path(__file__).resolve().parent
@@ -77,6 +78,10 @@ def export_remote_code(folder: str | Path, model=None, model_folder: str | Path 
         config = json.loads(config_file.read_text())
         config["auto_map"] = AUTO_MAP
         write_atomically(config_file, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        card = path / "README.md"
+        if model is not None and (arguments := generated_card_arguments(card, model)) is not None:
+            # A generated card, unedited: it says how to load a folder that brings its code.
+            write_atomically(card, model_card(model, **{**arguments, "remote_code": True}))
 
     if model is not None:
         return save_atomically(folder, write)
