@@ -1,7 +1,6 @@
 """Training as users run it: SFT batches masked exactly, the transformers Trainer (bf16 autocast, gradient
 checkpointing), atomic saving, and the two example scripts end to end on local data."""
 
-import argparse
 import itertools
 import json
 import os
@@ -474,7 +473,7 @@ def test_finetune_lora_puts_bos_first_where_the_checkpoint_asks(local_data, monk
     put it there; finetune_lora.py trained the adapters on texts without it."""
     forced = copy_forcing_bos(local_data / "model", local_data / "forced")
     dataset = training_data(monkeypatch, local_data, "--model", forced)
-    _, tokenizer = cli._load(argparse.Namespace(model=str(forced), dtype=None, device="cpu"))
+    tokenizer = cli._load_tokenizer(str(forced))  # what `xlstm-hf generate` encodes prompts with
     texts = read_texts([local_data / "train.jsonl"])
     assert len(dataset) == len(texts)
     for text, example in zip(texts, dataset.examples):
