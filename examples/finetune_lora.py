@@ -64,8 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 @reports_usage_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
-    # The config alone (fast) says whether the model expects BOS first, as the CLI and lm-eval give it.
-    tokenizer = load_tokenizer(args, **bos_kwargs(load_pretrained(AutoConfig, "--model", args.model)))
+    # The config alone (fast) says whether the model expects BOS first, as the CLI and lm-eval give it, and how
+    # large its vocabulary is.
+    config = load_pretrained(AutoConfig, "--model", args.model)
+    tokenizer = load_tokenizer(args, **bos_kwargs(config))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     try:
@@ -76,9 +78,9 @@ def main(argv=None) -> None:
         print(f"left out {dataset.skipped} texts of fewer than two tokens, EOS included: they predict nothing")
     if dataset.truncated:
         print(f"cut {dataset.truncated} texts to --max-length {args.max_length} tokens: their ends are not trained on")
+    check_vocabulary(args, tokenizer, dataset.largest_id, config.vocab_size)  # before the slow model load
     set_seed(args.seed)  # before get_peft_model, whose LoRA init draws from it (the Trainer seeds only later)
     model = load_pretrained(AutoModelForCausalLM, "--model", args.model, dtype=torch.float32)
-    check_vocabulary(args, tokenizer, dataset.largest_id, model.config.vocab_size)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()

@@ -474,15 +474,27 @@ def test_a_cache_of_another_kind_is_refused_naming_the_one_needed():
         model(ids, cache=stack_cache)
 
 
-def test_a_generate_call_refused_by_the_forward_leaves_the_cache_as_it_was():
+@pytest.mark.parametrize("stop", ["refused", "interrupted"])
+def test_a_generate_call_stopped_before_the_state_took_a_token_leaves_the_cache_as_it_was(stop):
+    # Both come after the cache was expanded for the beams; an interrupt left it expanded.
     model = tiny_model()
     ids = random_ids(1, 9)
     cache = model(ids[:, :5]).cache
-    bad = ids.clone()
-    bad[0, 7] = model.config.vocab_size
-    with pytest.raises(ValueError, match="vocabulary"):  # found by the forward, after the cache was expanded
-        model.generate(bad, attention_mask=torch.ones_like(bad), cache=cache, num_beams=2, max_new_tokens=2)
-    assert cache.batch_size == 1
+    prompt = ids.clone()
+    if stop == "refused":
+        prompt[0, 7] = model.config.vocab_size  # found by the forward
+        error, match = ValueError, "vocabulary"
+    else:
+        def interrupt(module, args):
+            raise KeyboardInterrupt("stopped")
+
+        hook = model.backbone.register_forward_pre_hook(interrupt)
+        error, match = KeyboardInterrupt, "stopped"
+    with pytest.raises(error, match=match):
+        model.generate(prompt, attention_mask=torch.ones_like(prompt), cache=cache, num_beams=2, max_new_tokens=2)
+    if stop == "interrupted":
+        hook.remove()
+    assert cache.batch_size == 1 and cache.get_seq_length() == 5 and cache.not_continuable is None
     options = dict(num_beams=2, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     continued = model.generate(ids, attention_mask=torch.ones_like(ids), cache=cache, **options)
     assert torch.equal(continued, model.generate(ids, **options))

@@ -77,16 +77,21 @@ def _load_model(name: str, base_only: bool = False, **kwargs):
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
+def _model_name(args) -> str:
+    """--model, or the model shipped with xlstm_hf."""
+    if args.model is None:
+        import xlstm_hf
+
+        args.model = str(xlstm_hf.default_model_path())
+    return args.model
+
+
 def _load(args):
     import torch
 
-    import xlstm_hf
-
-    if args.model is None:
-        args.model = str(xlstm_hf.default_model_path())
     # bf16 matmuls are slow on most CPUs: compute in float32 there unless asked otherwise.
     dtype = getattr(torch, args.dtype) if args.dtype else torch.float32 if args.device == "cpu" else "auto"
-    return _load_model(args.model, dtype=dtype).to(args.device).eval()
+    return _load_model(_model_name(args), dtype=dtype).to(args.device).eval()
 
 
 def _load_tokenizer(name: str):
@@ -105,16 +110,13 @@ def _load_tokenizer(name: str):
 def cmd_generate(args) -> None:
     import torch
 
-    import xlstm_hf
-
     try:
         args.prompt.encode("utf-8")
     except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8
         raise CommandError("the prompt is not valid UTF-8") from None
     if args.top_p is not None and args.temperature == 0:
         raise CommandError("--top-p samples, and --temperature 0 (the default) is greedy: give a --temperature")
-    args.model = args.model or str(xlstm_hf.default_model_path())
-    tokenizer = _load_tokenizer(args.model)  # before the model, whose weights take longer
+    tokenizer = _load_tokenizer(_model_name(args))  # before the model, whose weights take longer
     inputs = tokenizer(args.prompt, return_tensors="pt").to(args.device)
     if inputs["input_ids"].shape[1] == 0:
         raise CommandError("the prompt is empty after tokenization")

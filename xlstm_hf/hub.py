@@ -140,11 +140,9 @@ def commit_folder(api: HfApi, folder: Path, repo_id: str, *, private: bool | Non
     """Create the repository if needed and upload the files of `folder` in one commit (to the branch `revision`,
     created if missing, or as a pull request with `create_pr`): all of them but those under `.git` or `.cache`, which
     the Hub refuses, and those `unchanged` lists (relative path: modification time) with the time they still have."""
-    files = [file for file in sorted(Path(folder).rglob("*")) if file.is_file()]
-    paths = {file: file.relative_to(folder) for file in files}
-    operations = [CommitOperationAdd(path_in_repo=paths[file].as_posix(), path_or_fileobj=str(file)) for file in files
-                  if not FORBIDDEN_FOLDERS & set(paths[file].parts)
-                  and (unchanged or {}).get(paths[file].as_posix()) != file.stat().st_mtime]
+    operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(Path(folder) / path))
+                  for path, time in sorted(file_times(folder).items())
+                  if not FORBIDDEN_FOLDERS & set(path.split("/")) and (unchanged or {}).get(path) != time]
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id  # a bare name gets its namespace
     if revision is not None and not revision.startswith("refs/pr/"):  # a pull request's ref is no branch to make
         try:

@@ -389,6 +389,17 @@ def prepare_forward(model, cache_class: type, num_blocks: int, input_ids, inputs
                          padding_mask(attention_mask, length), states)
 
 
+# Other names of the cache argument: transformers' (past_key_values) and its own xLSTM's (cache_params).
+CACHE_ALIASES = ("past_key_values", "cache_params")
+
+
+def takes_cache_aliases(forward):
+    """A forward that also takes its `cache` under the names of `CACHE_ALIASES` (with a deprecation warning)."""
+    for alias in CACHE_ALIASES:
+        forward = deprecate_kwarg(alias, "5.40.0", new_name="cache")(forward)
+    return forward
+
+
 def check_cache(cache, cache_class: type) -> None:
     """A `TypeError` unless `cache` is exactly a `cache_class` (the other family's cache subclasses XLSTMCache), and
     a `ValueError` if it is known not to hold the state of the sequences it would continue (`check_continuable`)."""
@@ -453,8 +464,7 @@ class XLSTMModel(XLSTMPreTrainedModel):
         devices = [execution_device(block.norm_mlstm) for block in self.blocks]
         return XLSTMCache(self.config, batch_size, device=devices, dtype=dtype)
 
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
-    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")  # the name in transformers' own xLSTM
+    @takes_cache_aliases
     @can_return_tuple
     def forward(
         self,
@@ -572,18 +582,21 @@ class RecurrentGenerationMixin(GenerationMixin):
         raise NotImplementedError
 
     def generate(self, *args, **kwargs):
-        """transformers' [`~GenerationMixin.generate`]. A `cache` passed in that the call fails or is interrupted after
-        changing (partway through a chunked prefill, or while decoding) is marked as not to be continued: its state
-        then holds part of the conversation, and no output says which part."""
-        cache = next((kwargs[name] for name in ("cache", "past_key_values", "cache_params")
+        """transformers' [`~GenerationMixin.generate`]. Where the call fails or is interrupted, a `cache` passed in is
+        left as it was if its state took in none of the call's tokens (one state per prompt again, where `_prefill`
+        gave it one per beam), and otherwise marked as not to be continued (partway through a chunked prefill, or
+        while decoding): its state then holds part of the conversation, and no output says which part."""
+        cache = next((kwargs[name] for name in ("cache", *CACHE_ALIASES)
                       if isinstance(kwargs.get(name), self.cache_class)), None)
-        held = cache.get_seq_length() if cache is not None else None
+        held, rows = (cache.get_seq_length(), cache.batch_size) if cache is not None else (None, None)
         try:
             return super().generate(*args, **kwargs)
         except BaseException:
             if cache is not None and cache.get_seq_length() != held:
                 cache.not_continuable = (f"a generate() call failed after its state took in "
                                          f"{cache.get_seq_length() - held} of the call's tokens")
+            elif cache is not None and cache.batch_size != rows:
+                cache.batch_select_indices(torch.arange(0, cache.batch_size, cache.batch_size // rows))
             raise
 
     def _sample(self, input_ids: torch.LongTensor, logits_processor, stopping_criteria: StoppingCriteriaList,
@@ -697,17 +710,11 @@ class RecurrentGenerationMixin(GenerationMixin):
             )
         if generation_config.prefill_chunk_size and embeds is None:  # every chunk's ids before the first is absorbed
             check_inputs(self.config, input_ids, None, None)
-        repeats = input_ids.shape[0] // cache.batch_size if cache is not None else 1
-        if repeats > 1:
-            cache.batch_repeat_interleave(repeats)
-        try:
-            if embeds is not None and generation_config.prefill_chunk_size:
-                return self._prefill_embeddings_in_chunks(embeds[:, held:], generation_config, model_kwargs)
-            return super()._prefill(input_ids, generation_config, model_kwargs, is_first_iteration)
-        except Exception:
-            if repeats > 1:  # a refused call leaves the caller's cache as it was: one state per prompt
-                cache.batch_select_indices(torch.arange(0, cache.batch_size, repeats))
-            raise
+        if cache is not None and input_ids.shape[0] != cache.batch_size:  # undone by `generate` if the call fails
+            cache.batch_repeat_interleave(input_ids.shape[0] // cache.batch_size)
+        if embeds is not None and generation_config.prefill_chunk_size:
+            return self._prefill_embeddings_in_chunks(embeds[:, held:], generation_config, model_kwargs)
+        return super()._prefill(input_ids, generation_config, model_kwargs, is_first_iteration)
 
     def _prefill_embeddings_in_chunks(self, embeds: torch.Tensor, generation_config, model_kwargs: dict):
         """The prefill of an `inputs_embeds` prompt (the part the cache has not seen), `prefill_chunk_size` positions
@@ -785,8 +792,7 @@ class XLSTMForCausalLM(XLSTMPreTrainedModel, RecurrentGenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
-    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")  # the name in transformers' own xLSTM
+    @takes_cache_aliases
     @can_return_tuple
     def forward(
         self,

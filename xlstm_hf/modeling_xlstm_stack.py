@@ -25,14 +25,13 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import can_return_tuple
-from transformers.utils.deprecation import deprecate_kwarg
 
 from .cache_xlstm_stack import XLSTMStackCache, initial_block_state
 from .configuration_xlstm_stack import XLSTMStackConfig
 from .kernels import mlstm, pad_gates, resolve_backend
 from .kernels.slstm_torch import slstm_recurrent_sequence
 from .modeling_xlstm import (RecurrentGenerationMixin, checkpoint_first_pass, execution_device, keep_positions,
-                             prepare_forward)
+                             prepare_forward, takes_cache_aliases)
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -403,8 +402,7 @@ class XLSTMStackModel(XLSTMStackPreTrainedModel):
         devices = [execution_device(block.xlstm_norm) for block in self.xlstm_block_stack.blocks]
         return XLSTMStackCache(self.config, batch_size, device=devices, dtype=dtype)
 
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
-    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")  # the name in transformers' own xLSTM
+    @takes_cache_aliases
     @can_return_tuple
     def forward(
         self,
@@ -496,8 +494,7 @@ class XLSTMStackForCausalLM(XLSTMStackModel, RecurrentGenerationMixin):
         model.load_state_dict(state_dict, strict=True)
         return model.eval()
 
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
-    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")  # the name in transformers' own xLSTM
+    @takes_cache_aliases
     @can_return_tuple
     def forward(
         self,

@@ -170,9 +170,10 @@ def save_atomically(output_dir: str | Path, *savables, replaces: Collection[str]
             return output_dir
         new = list(tmp.iterdir())
         written = [entry.name for entry in new]
-        dropped = [entry for entry in output_dir.iterdir()
+        old_entries = list(output_dir.iterdir())
+        dropped = [entry for entry in old_entries
                    if entry.name in written or _stale(entry.name, written) or entry.name in replaces]
-        kept = [entry for entry in output_dir.iterdir() if entry not in dropped]
+        kept = [entry for entry in old_entries if entry not in dropped]
         # Each way leaves what is to be deleted at `tmp`.
         if _holds_working_folder(output_dir):
             aside = tmp / f".replaced-{uuid.uuid4().hex[:8]}"
@@ -180,7 +181,7 @@ def save_atomically(output_dir: str | Path, *savables, replaces: Collection[str]
             _move_all([(entry, aside / entry.name) for entry in dropped] +
                       [(entry, output_dir / entry.name) for entry in new])
         elif not (_linked_into(tmp, kept) and _exchange(tmp, output_dir)):
-            _remove_from(tmp, [entry.name for entry in kept])  # the links, where only the exchange failed
+            _remove_from(tmp, [entry.name for entry in kept])  # the links made, if any
             old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
             _move_all([(entry, tmp / entry.name) for entry in kept] + [(output_dir, old), (tmp, output_dir),
                                                                         (old, tmp)])
@@ -212,8 +213,8 @@ def _holds_working_folder(folder: Path) -> bool:
 
 
 def _linked_into(folder: Path, entries: list[Path]) -> bool:
-    """Hard links of `entries` (a folder as a tree of links) in `folder`, the entries left in place. False, with none
-    of them left in `folder`, where the file system refuses."""
+    """Hard links of `entries` (a folder as a tree of links) in `folder`, the entries left in place. False where the
+    file system refuses (the links made until then stay, for the caller to remove)."""
     try:
         for entry in entries:
             if entry.is_dir() and not entry.is_symlink():
@@ -221,7 +222,6 @@ def _linked_into(folder: Path, entries: list[Path]) -> bool:
             else:
                 os.link(entry, folder / entry.name, follow_symlinks=False)
     except OSError:
-        _remove_from(folder, [entry.name for entry in entries])
         return False
     return True
 
