@@ -18,6 +18,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from results import folder_to_write
+
 
 def results_file(path: str) -> dict:
     """An argparse type: the {info, args, rows} that `benchmarks/generation.py --out` wrote to `path`. A file that is
@@ -39,7 +41,8 @@ def command_line() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", type=results_file,
                         help="JSON files written by benchmarks/generation.py --out")
-    parser.add_argument("--out", default="docs/img", help="folder for the PNG files (default: docs/img)")
+    parser.add_argument("--out", default="docs/img", type=folder_to_write,
+                        help="folder for the PNG files, made if needed (default: docs/img)")
     return parser
 
 

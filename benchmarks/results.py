@@ -60,16 +60,33 @@ def relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
     return ((ours.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
 
 
+def _writable(text: str, path: Path) -> str:
+    """`text` if `path` can be made: the nearest of its folders that exists is a folder this process can write."""
+    ancestor = next(folder for folder in path.parents if folder.exists())
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot make {text}: {ancestor} is not a folder that can be written")
+    return text
+
+
 def file_to_write(text: str) -> str:
     """An argparse type for `--out`: a file that `write` can make at the end of the run, not an existing folder, below
     a folder that exists or can be made. Checked before the run, so that its results are not lost at the write."""
     path = Path(text).resolve()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
-    ancestor = next(folder for folder in path.parents if folder.exists())
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"cannot make {text}: {ancestor} is not a folder that can be written")
-    return text
+    return _writable(text, path)
+
+
+def folder_to_write(text: str) -> str:
+    """An argparse type for an output folder: one that exists and can be written, or that can be made."""
+    path = Path(text).resolve()
+    if path.exists():
+        if not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise argparse.ArgumentTypeError(f"cannot write into {text}")
+        return text
+    return _writable(text, path)
 
 
 def write(path: str | None, info: dict, args, rows: list[dict]) -> None:

@@ -144,14 +144,14 @@ def train_one(name: str, trained_on: tuple[int, ...], lr: float, args) -> list[d
     torch.manual_seed(args.seed)
     model = build(name, args)
     train = MQARData(args.steps * args.batch_size, trained_on, args.seq_len, args.vocab_size, args.seed)
-    training = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="mqar-trainer-"), max_steps=args.steps,  # nothing is saved there
-        per_device_train_batch_size=args.batch_size, learning_rate=lr, warmup_steps=args.steps // 10,
-        lr_scheduler_type="cosine", weight_decay=0.1, logging_steps=max(args.steps // 10, 1), save_strategy="no",
-        report_to=[], bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=True, seed=args.seed,
-    )
-    Trainer(model=model, args=training, train_dataset=train).train()
+    with tempfile.TemporaryDirectory(prefix="mqar-trainer-") as scratch:  # the Trainer's folder; nothing is saved
+        training = TrainingArguments(
+            output_dir=scratch, max_steps=args.steps, per_device_train_batch_size=args.batch_size, learning_rate=lr,
+            warmup_steps=args.steps // 10, lr_scheduler_type="cosine", weight_decay=0.1,
+            logging_steps=max(args.steps // 10, 1), save_strategy="no", report_to=[], bf16=torch.cuda.is_available(),
+            use_cpu=not torch.cuda.is_available(), disable_tqdm=True, seed=args.seed,
+        )
+        Trainer(model=model, args=training, train_dataset=train).train()
     parameters = sum(p.numel() for p in model.parameters())
     runs = []
     for pairs in trained_on:

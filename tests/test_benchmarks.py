@@ -104,6 +104,23 @@ def test_plots_refuse_files_they_cannot_plot(tmp_path):
     assert not (tmp_path / "img").exists()
 
 
+def test_plots_refuse_an_out_folder_they_cannot_make(tmp_path):
+    """An --out that is a file, or below one, failed at the first PNG, after the results were read."""
+    latency = tmp_path / "latency.json"
+    latency.write_text(json.dumps(dict(info=dict(device="cpu"), args={}, rows=[
+        dict(variant="v", suite="latency", prompt=16, ttft_ms=1.0, decode_tok_s=2.0)])))
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for out, reason in ((afile, "is a file, not a folder"), (afile / "img", "is not a folder that can be written")):
+        code, _, err = run_script(ROOT / "benchmarks" / "plots.py", str(latency), "--out", str(out))
+        assert code == 2 and f"argument --out: " in err and reason in err, err
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import plots
+
+    plots.main([str(latency), "--out", str(tmp_path / "new" / "img")])  # a folder that can be made is made
+    assert (tmp_path / "new" / "img" / "ttft.png").exists()
+
+
 def test_plots_titles_say_what_the_json_measured(tmp_path, monkeypatch):
     """A --tiny run's plots say tiny float32 configs and the prefill batch it measured, not the 7B's."""
     sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -2,6 +2,7 @@
 report."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,14 +26,18 @@ def test_every_scored_label_is_the_value_stored_under_the_queried_key():
         assert set(ids[24:]) == {0}  # padding after the queries, never scored
 
 
-def run_mqar(*args: str) -> subprocess.CompletedProcess:
+def run_mqar(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "examples" / "mqar.py"), *args], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=env)
 
 
 def test_smoke_run_writes_the_report_and_parallel_jobs_give_the_sequential_results(tmp_path):
-    run = run_mqar("--tiny", "--jobs", "2", "--output-dir", str(tmp_path / "out"))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    run = run_mqar("--tiny", "--jobs", "2", "--output-dir", str(tmp_path / "out"),
+                   env={**os.environ, "TMPDIR": str(scratch)})
     assert run.returncode == 0, run.stderr[-3000:]
+    assert not list(scratch.iterdir())  # each training's Trainer folder was left behind
     result = json.loads((tmp_path / "out" / "mqar.json").read_text())
     assert [(r["model"], r["pairs"]) for r in result["rows"]] == [(m, n) for n in (2, 4)
                                                                   for m in ("xlstm_1_1", "xlstm_1_0", "llama")]
