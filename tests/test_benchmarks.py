@@ -113,7 +113,7 @@ def test_plots_refuse_an_out_folder_they_cannot_make(tmp_path):
     afile.write_text("")
     for out, reason in ((afile, "is a file, not a folder"), (afile / "img", "is not a folder that can be written")):
         code, _, err = run_script(ROOT / "benchmarks" / "plots.py", str(latency), "--out", str(out))
-        assert code == 2 and f"argument --out: " in err and reason in err, err
+        assert code == 2 and "argument --out: " in err and reason in err, err
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import plots
 
