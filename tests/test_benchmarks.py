@@ -172,6 +172,25 @@ def test_prefill_memory_refuses_a_device_this_machine_lacks():
         assert code == 2 and f"argument --device: {device}" in err.replace("'", ""), err
 
 
+def test_prefill_memory_names_the_prompt_length_that_failed(monkeypatch, capsys):
+    """A length whose process fails (out of memory, say) ends the run with its last error line, not a JSON
+    traceback from reading the failed process's output."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import prefill_memory
+
+    def failing(command, **kwargs):
+        length = int(command[command.index("--one") + 1])
+        error = "torch.OutOfMemoryError: CUDA out of memory" if length > 64 else ""
+        return subprocess.CompletedProcess(command, 1 if error else 0, stdout=json.dumps(dict(
+            length=length, seconds=0.5, peak_gib=1.0, growth_gib=0.1)), stderr=f"Traceback ...\n{error}\n")
+
+    monkeypatch.setattr(prefill_memory.subprocess, "run", failing)
+    with pytest.raises(SystemExit) as exited:
+        prefill_memory.main(["--lengths", "64", "128", "256"])
+    assert str(exited.value) == "prompt of 128 tokens: torch.OutOfMemoryError: CUDA out of memory"
+    assert capsys.readouterr().out.splitlines()[-1].split()[0] == "64"  # the lengths before it are reported
+
+
 def test_decode_layer_refuses_sizes_below_one():
     for option, value in (("--batches", "0"), ("--batches", "-3"), ("--layers", "0")):
         code, _, err = run_script(ROOT / "benchmarks" / "decode_layer.py", option, value)
